@@ -1,0 +1,75 @@
+"""Shared fixtures: no network, few threads, a tiny real-texture dataset, the MTD path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+MTD_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
+LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class NetworkAccessError(RuntimeError):
+    """A test tried to open a connection to a non-loopback address."""
+
+
+def _is_loopback(address: object) -> bool:
+    if isinstance(address, tuple) and address:
+        return str(address[0]).startswith(LOOPBACK_PREFIXES)
+    return isinstance(address, str | bytes)  # AF_UNIX paths
+
+
+@pytest.fixture(autouse=True, scope="session")
+def forbid_network() -> Iterator[None]:
+    """Fail any test that connects anywhere but loopback (hub downloads, telemetry, ...)."""
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+
+    def guarded_connect(self: socket.socket, address: object) -> None:
+        if not _is_loopback(address):
+            raise NetworkAccessError(f"test tried to connect to {address!r}")
+        return original_connect(self, address)
+
+    def guarded_connect_ex(self: socket.socket, address: object) -> int:
+        if not _is_loopback(address):
+            raise NetworkAccessError(f"test tried to connect to {address!r}")
+        return original_connect_ex(self, address)
+
+    socket.socket.connect = guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = guarded_connect_ex  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = original_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = original_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny MVTec-style categories (brick, grass) at 64 px, built from scikit-image photos."""
+    from anomalib_ext.data import make_texture_dataset
+
+    return make_texture_dataset(
+        tmp_path_factory.mktemp("textures"),
+        categories=("brick", "grass"),
+        image_size=64,
+        n_train=8,
+        n_test_good=4,
+        n_test_per_defect=2,
+    )
+
+
+@pytest.fixture
+def tiny_datamodule(texture_root: Path):
+    """The brick category at 64 px with batch 4, no worker processes."""
+    from anomalib_ext.data import MVTecStyle
+
+    return MVTecStyle(texture_root / "brick", image_size=64, train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+requires_mtd = pytest.mark.skipif(not MTD_ROOT.is_dir(), reason=f"MTD dataset not found at {MTD_ROOT}")

@@ -1,0 +1,57 @@
+"""Helpers the model tests share: a short fit/test run and the OpenVINO parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib.engine import Engine
+
+
+def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
+    """A CPU engine that writes everything under ``root`` and logs nothing."""
+    return Engine(
+        default_root_dir=root,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        **kwargs,
+    )
+
+
+def fit_and_test(model, datamodule, root: Path, max_epochs: int = 1, **kwargs: Any) -> dict[str, float]:
+    """Train for ``max_epochs`` and return the test metrics as floats."""
+    engine = make_engine(root, max_epochs=max_epochs, **kwargs)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)
+    return {key: float(value) for key, value in results[0].items()}
+
+
+def openvino_outputs(model_path: Path, image: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run an OpenVINO IR on CPU and return its outputs by name."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model_path), "CPU")
+    result = compiled(image.numpy())
+    return {output.get_any_name(): value for output, value in result.items()}
+
+
+def assert_openvino_parity(model, root: Path, input_size: tuple[int, int], atol: float = 1e-4) -> dict[str, np.ndarray]:
+    """Export ``model`` to OpenVINO and check its map and score against eager torch on one image."""
+    model.eval()
+    path = model.to_openvino(export_root=root, input_size=input_size)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, *input_size, generator=generator)
+    with torch.no_grad():
+        expected = model(image)
+    outputs = openvino_outputs(path, image)
+    for name in ("anomaly_map", "pred_score"):
+        reference = getattr(expected, name).detach().numpy()
+        actual = outputs[name].reshape(reference.shape)
+        scale = max(float(np.abs(reference).max()), 1e-6)
+        np.testing.assert_allclose(actual / scale, reference / scale, atol=atol, err_msg=name)
+    return outputs
