@@ -6,4 +6,7 @@ once this package is installed; the ``anomalib-ext`` console script also accepts
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+from .models.rd4ad import RD4AD
+from .models.rstpm import RSTPM
+
+__all__: list[str] = ["RD4AD", "RSTPM"]

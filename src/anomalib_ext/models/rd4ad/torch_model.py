@@ -1,0 +1,202 @@
+"""RD4AD in torch: frozen teacher encoder, one-class bottleneck embedding (OCBE), student decoder.
+
+Follows the official code (hq-deng/RD4AD, ``resnet.py``/``de_resnet.py``) but derives every
+channel count and stride from the teacher's timm feature info, so any CNN works:
+
+- MFF: each shallower feature goes through ``log2(stride ratio)`` 3x3 stride-2 conv + BN + ReLU
+  steps, each step moving to the next level's channels (for WideResNet50-2: 256->512->1024 and
+  512->1024), and is concatenated with the deepest feature (3 x 1024 channels at 16x16).
+- OCE: ``oce_blocks`` ResNet bottleneck blocks, the first with stride 2 and a 1x1 projection
+  shortcut, out ``2 x C_last`` channels (2048 for WideResNet50-2), bottleneck width
+  ``oce_width`` (default ``C_last``: the official ``width_per_group=128``; anomalib uses half).
+- Student: a de-ResNet: per level, a stride-2 transposed-conv bottleneck (2x2 deconv in the main
+  path and in the shortcut) followed by plain bottlenecks, mirroring the teacher level by level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_ext.components.backbone import create_backbone, feature_shapes
+
+from .anomaly_map import AnomalyMapGenerator
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+    )
+
+
+def _log2_ratio(high: int, low: int) -> int:
+    ratio = high // low
+    if ratio < 2 or high % low or ratio & (ratio - 1):
+        msg = f"RD4AD needs feature strides that grow by powers of two between layers, got {low} -> {high}."
+        raise ValueError(msg)
+    return int(math.log2(ratio))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (1x1, 3x3, 1x1) with an optional strided 1x1 projection shortcut."""
+
+    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class DeBottleneck(nn.Module):
+    """The student's bottleneck: the 3x3 conv becomes a 2x2 stride-``k`` transposed conv when upsampling."""
+
+    def __init__(self, in_ch: int, width: int, out_ch: int, upsample: int = 1) -> None:
+        super().__init__()
+        middle = (
+            nn.ConvTranspose2d(width, width, upsample, stride=upsample, bias=False)
+            if upsample > 1
+            else nn.Conv2d(width, width, 3, padding=1, bias=False)
+        )
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            middle,
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if upsample > 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class OneClassBottleneck(nn.Module):
+    """OCBE = multi-scale feature fusion (MFF) + one-class embedding (OCE) blocks."""
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], oce_blocks: int = 3, oce_width: int | None = None) -> None:
+        super().__init__()
+        channels = [c for c, _ in shapes]
+        strides = [s for _, s in shapes]
+        last = channels[-1]
+        self.align = nn.ModuleList()
+        for level in range(len(shapes) - 1):
+            steps: list[nn.Module] = []
+            current = channels[level]
+            for i in range(level, len(shapes) - 1):
+                for _ in range(_log2_ratio(strides[i + 1], strides[i])):
+                    steps.append(_conv_bn_relu(current, channels[i + 1]))
+                    current = channels[i + 1]
+            self.align.append(nn.Sequential(*steps))
+        width = oce_width or last
+        embed = 2 * last
+        blocks: list[nn.Module] = [Bottleneck(last * len(shapes), width, embed, stride=2)]
+        blocks += [Bottleneck(embed, width, embed) for _ in range(oce_blocks - 1)]
+        self.oce = nn.Sequential(*blocks)
+        self.out_channels = embed
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        aligned = [align(feature) for align, feature in zip(self.align, features[:-1], strict=True)]
+        return self.oce(torch.cat([*aligned, features[-1]], dim=1)).contiguous()
+
+
+class DeResNetDecoder(nn.Module):
+    """Student decoder mirroring the teacher: deepest level first, returns features shallow-to-deep."""
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        in_channels: int,
+        blocks: Sequence[int] = (3, 4, 6),
+        width_ratio: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != len(shapes):
+            msg = f"decoder_blocks needs one entry per teacher layer ({len(shapes)}), got {list(blocks)}."
+            raise ValueError(msg)
+        self.stages = nn.ModuleList()
+        current, stride = in_channels, 2 * shapes[-1][1]
+        for (out_ch, out_stride), count in zip(reversed(shapes), blocks, strict=True):
+            upsample = stride // out_stride
+            width = max(1, int(out_ch * width_ratio))
+            layers: list[nn.Module] = [DeBottleneck(current, width, out_ch, upsample=upsample)]
+            layers += [DeBottleneck(out_ch, width, out_ch) for _ in range(count - 1)]
+            self.stages.append(nn.Sequential(*layers))
+            current, stride = out_ch, out_stride
+
+    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        x = embedding
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs[::-1]
+
+
+class RD4ADModel(nn.Module):
+    """Teacher encoder -> OCBE -> student decoder; in eval mode returns anomaly map and score."""
+
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        weights: str | Path | None = None,
+        allow_download: bool = False,
+        oce_blocks: int = 3,
+        oce_width: int | None = None,
+        decoder_blocks: Sequence[int] = (3, 4, 6),
+        decoder_width_ratio: float = 0.5,
+        anomaly_map_mode: str = "add",
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.encoder = create_backbone(backbone, layers, pre_trained=pre_trained, weights=weights,
+                                       allow_download=allow_download)
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        shapes = feature_shapes(self.encoder)
+        self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
+        self.decoder = DeResNetDecoder(shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio)
+        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=anomaly_map_mode, sigma=sigma)
+
+    def train(self, mode: bool = True) -> RD4ADModel:
+        """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        teacher = list(self.encoder(images).values())
+        student = self.decoder(self.bottleneck(teacher))
+        if self.training:
+            return teacher, student
+        anomaly_map = self.anomaly_map_generator(teacher, student)
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
