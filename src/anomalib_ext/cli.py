@@ -36,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_load(TOOLS[args[0]])(args[1:]) or 0)
     if not args or args[0] in {"-h", "--help"}:
         print(f"anomalib-ext tools: {', '.join(TOOLS)}; anything else is passed to anomalib's CLI:\n")
-    import anomalib_ext  # noqa: F401  (registers RD4AD, RSTPM, ... as AnomalibModule subclasses)
     from anomalib.cli.cli import main as anomalib_main
+
+    import anomalib_ext  # noqa: F401  (registers RD4AD, RSTPM, ... as AnomalibModule subclasses)
 
     sys.argv = ["anomalib-ext", *args]
     anomalib_main()

@@ -89,14 +89,16 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                         raise DatasetError(msg)
                 elif check_files:
                     check_image(image_path)
-                rows.append({
-                    "path": str(root),
-                    "split": split,
-                    "label": label_dir.name,
-                    "image_path": str(image_path),
-                    "mask_path": mask_path,
-                    "label_index": int(LabelName.NORMAL if normal else LabelName.ABNORMAL),
-                })
+                rows.append(
+                    {
+                        "path": str(root),
+                        "split": split,
+                        "label": label_dir.name,
+                        "image_path": str(image_path),
+                        "mask_path": mask_path,
+                        "label_index": int(LabelName.NORMAL if normal else LabelName.ABNORMAL),
+                    }
+                )
     samples = pd.DataFrame(rows, columns=["path", "split", "label", "image_path", "mask_path", "label_index"])
     if not (samples.split == "train").any():
         msg = f"No training images in {root / 'train' / 'good'} (suffixes {IMAGE_SUFFIXES})."

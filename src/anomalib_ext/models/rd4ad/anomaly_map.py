@@ -9,7 +9,7 @@ anomalib's ``GaussianBlur2d`` so the whole map stays on-device and exportable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -17,7 +17,7 @@ from anomalib.models.components.filters import GaussianBlur2d
 from torch import nn
 
 
-class MapFusion(str, Enum):
+class MapFusion(StrEnum):
     """How the per-layer maps are combined."""
 
     ADD = "add"

@@ -59,7 +59,9 @@ class Bottleneck(nn.Module):
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,8 +180,9 @@ class RD4ADModel(nn.Module):
         sigma: float = 4.0,
     ) -> None:
         super().__init__()
-        self.encoder = create_backbone(backbone, layers, pre_trained=pre_trained, weights=weights,
-                                       allow_download=allow_download)
+        self.encoder = create_backbone(
+            backbone, layers, pre_trained=pre_trained, weights=weights, allow_download=allow_download
+        )
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(False)
         shapes = feature_shapes(self.encoder)

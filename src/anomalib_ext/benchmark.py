@@ -1,0 +1,255 @@
+"""Train and test one model on one MVTec-style dataset, time it, and append a row to a Markdown table.
+
+Usage::
+
+    anomalib-ext benchmark --model RD4AD --data ../shared/datasets/mtd --backbone efficientnet_lite0 \
+        --layers blocks.1 blocks.2 blocks.4 --epochs 50 --output docs/benchmarks.md --section "RD4AD"
+
+``--model`` is one of this package's models, an anomalib built-in (``Padim``, ``Patchcore``,
+``Stfpm``, ``ReverseDistillation``) or a dotted class path. anomalib's built-ins are built with
+``pre_trained=False`` and their frozen backbone is then filled from the same local weights as
+ours (:mod:`anomalib_ext.components.backbone`), so the comparison needs no network either.
+
+The row records what ran: dataset, backbone, image size, epochs, image AUROC, pixel AUROC, AUPRO,
+training wall time, batch-1 latency in eager torch (on the training device) and in OpenVINO on
+CPU, and the hardware. A JSON file with the same numbers is written next to the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# anomalib built-ins: where their frozen ImageNet backbone lives (the rest stays randomly initialised)
+ANOMALIB_FROZEN_BACKBONE = {
+    "Padim": "feature_extractor",
+    "Patchcore": "feature_extractor",
+    "Stfpm": "teacher_model",
+    "ReverseDistillation": "encoder",
+}
+COLUMNS = (
+    "model",
+    "dataset",
+    "backbone",
+    "size",
+    "epochs",
+    "image AUROC",
+    "pixel AUROC",
+    "AUPRO",
+    "train time",
+    "torch latency",
+    "OpenVINO CPU latency",
+    "hardware",
+    "date",
+)
+
+
+def resolve_model_class(name: str) -> type:
+    """``RD4AD`` (ours), ``Padim`` (anomalib) or ``package.module.Class``."""
+    import anomalib.models
+
+    import anomalib_ext
+
+    if "." in name:
+        module_name, _, class_name = name.rpartition(".")
+        return getattr(importlib.import_module(module_name), class_name)
+    for module in (anomalib_ext, anomalib.models):
+        if hasattr(module, name):
+            return getattr(module, name)
+    msg = f"Unknown model {name!r}: not in anomalib_ext ({anomalib_ext.__all__}) nor anomalib.models."
+    raise ValueError(msg)
+
+
+def build_model(
+    model_cls: type, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
+) -> Any:
+    """Instantiate ``model_cls`` offline at ``image_size``, with AUPRO in its evaluator."""
+    from anomalib_ext.components.backbone import load_into, pretrained_state_dict
+    from anomalib_ext.components.evaluation import default_evaluator
+
+    kwargs = dict(extra)
+    if backbone:
+        kwargs.setdefault("backbone", backbone)
+    if layers:
+        kwargs.setdefault("layers", layers)
+    frozen_attr = ANOMALIB_FROZEN_BACKBONE.get(model_cls.__name__)
+    if frozen_attr:
+        kwargs["pre_trained"] = False
+    kwargs.setdefault("pre_processor", model_cls.configure_pre_processor(image_size=(image_size, image_size)))
+    kwargs.setdefault("evaluator", default_evaluator())
+    model = model_cls(**kwargs)
+    if frozen_attr:
+        extractor = getattr(model.model, frozen_attr)
+        name = kwargs.get("backbone", "")
+        load_into(extractor.feature_extractor, pretrained_state_dict(name), name)
+    return model
+
+
+def hardware() -> str:
+    """A short description of the machine: GPU name, or CPU model and core count."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def median_ms(run: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``run`` in milliseconds (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure_latency(model: Any, image_size: int, export_root: Path, device: str) -> tuple[float, float | None]:
+    """Batch-1 latency of the full inference graph: eager torch on ``device``, OpenVINO on CPU."""
+    model = model.to(device).eval()
+    image = torch.rand(1, 3, image_size, image_size, device=device)
+    with torch.no_grad():
+        torch_ms = median_ms(lambda: model(image))
+    model = model.cpu()
+    try:
+        from anomalib_ext.deploy import compile_openvino, export_openvino
+
+        compiled = compile_openvino(export_openvino(model, export_root, image_size))
+        array = image.cpu().numpy()
+        ov_ms: float | None = median_ms(lambda: compiled(array))
+    except Exception as error:  # export problems are reported in the row, not fatal to the benchmark
+        print(f"OpenVINO export/timing failed: {error}")
+        ov_ms = None
+    return torch_ms, ov_ms
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit, test and time one model; return the row as a dict."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_ext.data import MVTecStyle
+
+    seed_everything(args.seed, workers=True)
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, json.loads(args.model_args))
+    datamodule = MVTecStyle(
+        args.data,
+        image_size=args.image_size,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    engine = Engine(default_root_dir=work, max_epochs=args.epochs, accelerator=accelerator, devices=1, logger=False)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+    torch_ms, ov_ms = measure_latency(
+        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu"
+    )
+    row = {
+        "model": args.label or model_cls.__name__,
+        "dataset": Path(args.data).name,
+        "backbone": args.backbone or getattr(model_cls, "__name__", ""),
+        "size": args.image_size,
+        "epochs": args.epochs,
+        "image AUROC": metrics.get("image_AUROC"),
+        "pixel AUROC": metrics.get("pixel_AUROC"),
+        "AUPRO": metrics.get("pixel_AUPRO"),
+        "train time": f"{train_seconds / 60:.1f} min",
+        "torch latency": f"{torch_ms:.1f} ms ({'GPU' if accelerator == 'gpu' else 'CPU'})",
+        "OpenVINO CPU latency": f"{ov_ms:.1f} ms" if ov_ms is not None else "export failed",
+        "hardware": hardware(),
+        "date": dt.date.today().isoformat(),
+        "metrics": metrics,
+        "args": vars(args),
+    }
+    (work / "benchmark.json").write_text(json.dumps(row, indent=2, default=str))
+    print(json.dumps({k: v for k, v in row.items() if k != "args"}, indent=2, default=str))
+    return row
+
+
+def format_cell(value: Any) -> str:
+    """Metrics as percentages with one decimal, everything else as text."""
+    if isinstance(value, float):
+        return f"{100 * value:.1f}"
+    return str(value)
+
+
+def append_row(path: Path, section: str, row: dict[str, Any]) -> None:
+    """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    line = "| " + " | ".join(format_cell(row.get(column, "")) for column in COLUMNS) + " |\n"
+    title = f"## {section}\n"
+    if title not in text:
+        text = text.rstrip("\n") + f"\n\n{title}\n{header}{line}"
+    else:
+        start = text.index(title) + len(title)
+        next_section = text.find("\n## ", start)
+        end = len(text) if next_section == -1 else next_section + 1
+        body = text[start:end]
+        if header not in body:
+            body = body.rstrip("\n") + f"\n\n{header}"
+        table_end = body.rfind("|\n") + 2
+        body = body[:table_end] + line + body[table_end:]
+        text = text[:start] + body + text[end:]
+    path.write_text(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="anomalib-ext benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="RD4AD, RSTPM, Padim, Patchcore, Stfpm, ... or a class path")
+    parser.add_argument("--data", required=True, help="MVTec-style folder, e.g. ../shared/datasets/mtd")
+    parser.add_argument("--backbone", default=None, help="timm backbone, e.g. efficientnet_lite0")
+    parser.add_argument("--layers", nargs="*", default=None, help="backbone layers, e.g. blocks.1 blocks.2 blocks.4")
+    parser.add_argument("--model-args", default="{}", help="extra constructor arguments as JSON")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", default=None, help="model name shown in the row")
+    parser.add_argument("--work-dir", default=None, help="where checkpoints, exports and benchmark.json go")
+    parser.add_argument("--output", type=Path, default=None, help="Markdown file to append the row to")
+    parser.add_argument("--section", default="Results", help="section title in --output")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    row = run_benchmark(args)
+    if args.output:
+        append_row(args.output, args.section, row)
+        print(f"Appended to {args.output} under '## {args.section}'.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
