@@ -1,5 +1,18 @@
 """Building blocks shared by several models (backbones, attention gates, discriminators, ...)."""
 
+from .attention_gate import AttentionGate
 from .backbone import BackboneWeightsError, create_backbone, feature_shapes, pretrained_state_dict
+from .pseudo_anomaly import make_pseudo_anomaly_generator, paper_augmenters
+from .reconstruction_student import ReconstructionStudent, UpResidualBlock
 
-__all__ = ["BackboneWeightsError", "create_backbone", "feature_shapes", "pretrained_state_dict"]
+__all__ = [
+    "AttentionGate",
+    "BackboneWeightsError",
+    "ReconstructionStudent",
+    "UpResidualBlock",
+    "create_backbone",
+    "feature_shapes",
+    "make_pseudo_anomaly_generator",
+    "paper_augmenters",
+    "pretrained_state_dict",
+]

@@ -1,0 +1,63 @@
+"""Teacher-to-student spatial attention gate (RSTPM, Yamada et al. 2022, eqs. 7-8).
+
+A student that reconstructs another network's features (RSTPM's student2) is given a *hint* from
+the teacher: the teacher's feature at the current scale is squeezed to a single-channel map
+``M(x_t)`` (3x3 conv, then a 1x1 conv to one channel, sigmoid) that re-weights the student's
+pixels. One channel on purpose: the gate can emphasise or suppress positions but cannot leak the
+teacher's full feature, which would make student and teacher identical on anomalies too.
+
+Forms:
+
+- ``"*"`` (eq. 7): ``M(x_t) * x``; can switch pixels off entirely.
+- ``"+"`` (eq. 8): ``(1 + M(x_t)) * x``; residual, never zeroes a pixel.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+GateForm = Literal["*", "+"]
+GATE_FORMS: tuple[str, ...] = ("*", "+")
+
+
+class AttentionGate(nn.Module):
+    """Re-weight a student feature with a one-channel sigmoid map computed from a teacher feature.
+
+    Args:
+        teacher_channels: channels of the teacher feature the map is computed from.
+        form: ``"*"`` for ``M * x`` (eq. 7) or ``"+"`` for ``(1 + M) * x`` (eq. 8).
+        hidden_channels: width of the 3x3 conv; the paper does not give it, default
+            ``max(16, teacher_channels // 4)`` keeps the gate small next to the student.
+    """
+
+    def __init__(self, teacher_channels: int, form: GateForm = "*", hidden_channels: int | None = None) -> None:
+        super().__init__()
+        if form not in GATE_FORMS:
+            msg = f"Unknown attention form {form!r}; expected one of {GATE_FORMS}."
+            raise ValueError(msg)
+        self.form = form
+        hidden = hidden_channels or max(16, teacher_channels // 4)
+        self.attention = nn.Sequential(
+            nn.Conv2d(teacher_channels, hidden, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, kernel_size=1),
+            nn.Sigmoid(),
+        )
+
+    def attention_map(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """The one-channel map ``M(x_t)`` in ``[0, 1]``, shape ``(B, 1, H, W)``."""
+        return self.attention(teacher_feature)
+
+    def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """Gate ``student_feature`` with the map of ``teacher_feature`` (resized if the grids differ)."""
+        weights = self.attention_map(teacher_feature)
+        if weights.shape[-2:] != student_feature.shape[-2:]:
+            weights = F.interpolate(weights, size=student_feature.shape[-2:], mode="bilinear", align_corners=False)
+        if self.form == "*":
+            return weights * student_feature
+        return (1.0 + weights) * student_feature

@@ -1,0 +1,138 @@
+"""Reconstruction student: decodes a deep feature back up a teacher's feature pyramid.
+
+RSTPM's student2 (Yamada et al. 2022, fig. 3 and the reproduction report's sec. 4.5/4.7) takes
+the deepest feature of one network (teacher1's ``layer4``: 512 ch at 1/32) and reconstructs
+*another* teacher's pyramid (teacher2's ``layer3``, ``layer2``, ``layer1``), one stage per scale,
+doubling the resolution at each stage. Between stages an :class:`AttentionGate` computed from
+teacher2's feature at that scale re-weights the student's pixels.
+
+Two variants, both built from channel numbers only (so any timm teacher pair works):
+
+- ``"rstpm1"`` (report fig. 3): a 3x3 conv + BN + ReLU and a ResNet-18 ``BasicBlock`` at the input
+  resolution, then per stage a stride-2 3x3 transposed conv (doubles resolution, changes
+  channels) + BN + ReLU and one ``BasicBlock``.
+- ``"rstpm2"`` (report figs. 15-16, after RD4AD's decoder): no stem; each of the stages is a
+  residual block whose main path is a 2x2 stride-2 transposed conv + BN + ReLU + 3x3 conv + BN
+  and whose skip is a 2x2 stride-2 transposed conv + BN. About half the parameters of
+  ``"rstpm1"`` for ResNet18 -> ResNet50.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+from torchvision.models.resnet import BasicBlock
+
+from .attention_gate import GATE_FORMS, AttentionGate
+
+StudentVariant = Literal["rstpm1", "rstpm2"]
+STUDENT_VARIANTS: tuple[str, ...] = ("rstpm1", "rstpm2")
+
+
+def parse_attention(attention: str, n_gates: int) -> list[str]:
+    """``"*+"`` -> ``["*", "+"]``; ``"none"`` -> ``[]``. One form per gate, in decoding order."""
+    if attention == "none":
+        return []
+    if len(attention) != n_gates or any(form not in GATE_FORMS for form in attention):
+        msg = (
+            f"attention={attention!r}: expected 'none' or {n_gates} characters from {GATE_FORMS} "
+            f"(one per scale change of the reconstruction student, e.g. '*+')."
+        )
+        raise ValueError(msg)
+    return list(attention)
+
+
+def _bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+class UpResidualBlock(nn.Module):
+    """RSTPM-2 stage: 2x2 transposed-conv residual block that doubles resolution and changes channels."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
+            *_bn_relu(out_channels),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.skip = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Main path plus transposed-conv skip, then ReLU."""
+        return F.relu(self.main(x) + self.skip(x))
+
+
+def _rstpm1_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
+        *_bn_relu(out_channels),
+        BasicBlock(out_channels, out_channels),
+    )
+
+
+class ReconstructionStudent(nn.Module):
+    """Decode a deep feature into a teacher's pyramid, gated by that teacher at each scale change.
+
+    Args:
+        in_channels: channels of the input feature (teacher1's or student1's deepest layer).
+        target_channels: channels of the teacher2 layers to reconstruct, shallow to deep
+            (``[256, 512, 1024]`` for ResNet50 ``layer1..3``).
+        variant: ``"rstpm1"`` or ``"rstpm2"`` (see module docstring).
+        attention: ``"none"`` or one form per scale change in decoding order, deep to shallow
+            (``"*+"``: multiplicative after the deepest stage, residual after the next).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        target_channels: Sequence[int],
+        variant: StudentVariant = "rstpm1",
+        attention: str = "*+",
+    ) -> None:
+        super().__init__()
+        if variant not in STUDENT_VARIANTS:
+            msg = f"Unknown student2 variant {variant!r}; expected one of {STUDENT_VARIANTS}."
+            raise ValueError(msg)
+        decode_channels = list(reversed(target_channels))  # deep -> shallow
+        forms = parse_attention(attention, len(decode_channels) - 1)
+        if variant == "rstpm1":
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1, bias=False),
+                *_bn_relu(in_channels),
+                BasicBlock(in_channels, in_channels),
+            )
+        else:
+            self.stem = nn.Identity()
+        make_stage = _rstpm1_stage if variant == "rstpm1" else UpResidualBlock
+        inputs = [in_channels, *decode_channels[:-1]]
+        self.stages = nn.ModuleList(
+            make_stage(c_in, c_out) for c_in, c_out in zip(inputs, decode_channels, strict=True)
+        )
+        self.gates = nn.ModuleList(AttentionGate(decode_channels[i], form) for i, form in enumerate(forms))
+
+    def forward(self, x: torch.Tensor, teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Reconstruct ``teacher_features`` (shallow to deep) from ``x``; returns them in the same order.
+
+        Each stage's output is resized to the teacher's grid if the strides do not line up exactly,
+        and it is the *ungated* output that is distilled; the gated one feeds the next stage.
+        """
+        targets = list(reversed(teacher_features))
+        x = self.stem(x)
+        outputs: list[torch.Tensor] = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if x.shape[-2:] != targets[index].shape[-2:]:
+                x = F.interpolate(x, size=targets[index].shape[-2:], mode="bilinear", align_corners=False)
+            outputs.append(x)
+            if index < len(self.gates):
+                x = self.gates[index](x, targets[index])
+        return outputs[::-1]

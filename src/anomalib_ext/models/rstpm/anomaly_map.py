@@ -1,0 +1,61 @@
+"""RSTPM anomaly maps (eq. 1): six student-teacher distances, summed in pairs, fused, times the discriminator.
+
+Numbering follows the paper: maps 1-3 come from pair 1 (teacher1 layers 1-3, strides 4/8/16),
+maps 4-6 from pair 2 (student2's 16, 32 and 64 px outputs against teacher2). Pairs of equal
+resolution are added, ``(m1+m6), (m2+m5), (m3+m4)``; those three are the discriminator's input
+channels, and their product is the student-teacher map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+
+def distance_map(teacher: torch.Tensor, student: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """Per-pixel ``0.5 * ||t/|t| - s/|s| ||^2`` (in ``[0, 2]``), upsampled to ``image_size``: ``(B, 1, H, W)``."""
+    distance = 0.5 * (F.normalize(teacher, dim=1) - F.normalize(student, dim=1)).pow(2).sum(dim=1, keepdim=True)
+    return F.interpolate(distance, size=tuple(image_size), mode="bilinear", align_corners=False)
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Build the summed maps, the student-teacher map, and the final map of eq. 1."""
+
+    @staticmethod
+    def summed_maps(
+        teacher1: Sequence[torch.Tensor],
+        student1: Sequence[torch.Tensor],
+        teacher2: Sequence[torch.Tensor],
+        student2: Sequence[torch.Tensor],
+        image_size: Sequence[int],
+    ) -> torch.Tensor:
+        """``(B, n, H, W)``: channel ``i`` is pair 1's map at layer ``i`` plus pair 2's map at the same scale.
+
+        All lists run shallow to deep, so channel 0 is ``m1 + m6`` and channel 2 is ``m3 + m4``.
+        """
+        pair1 = [distance_map(t, s, image_size) for t, s in zip(teacher1, student1, strict=True)]
+        pair2 = [distance_map(t, s, image_size) for t, s in zip(teacher2, student2, strict=True)]
+        return torch.cat([a + b for a, b in zip(pair1, pair2, strict=True)], dim=1)
+
+    @staticmethod
+    def student_teacher_map(summed: torch.Tensor) -> torch.Tensor:
+        """``(m1+m6) * (m2+m5) * (m3+m4)``: product over the channels of :meth:`summed_maps`."""
+        return torch.prod(summed, dim=1, keepdim=True)
+
+    @staticmethod
+    def discriminator_map(logits: torch.Tensor) -> torch.Tensor:
+        """``m7``: the discriminator's probability of the anomalous class, ``(B, 1, H, W)``."""
+        return torch.softmax(logits, dim=1)[:, 1:2]
+
+    def forward(self, summed: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All three maps the paper reports: S-T only, discriminator only, and their product (eq. 1)."""
+        student_teacher = self.student_teacher_map(summed)
+        discriminator = self.discriminator_map(logits)
+        return {
+            "student_teacher": student_teacher,
+            "discriminator": discriminator,
+            "combined": student_teacher * discriminator,
+        }

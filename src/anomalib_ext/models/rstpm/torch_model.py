@@ -1,0 +1,155 @@
+"""PyTorch model of RSTPM: two student-teacher pairs and a discriminative network.
+
+- Pair 1 (STPM): ``teacher1`` frozen ImageNet CNN, ``student1`` the same architecture from random
+  init, matched on ``layers1[:-1]``.
+- Pair 2 (reconstruction): ``teacher2`` frozen ImageNet CNN on ``layers2``; ``student2`` a
+  :class:`~anomalib_ext.components.ReconstructionStudent` that decodes teacher1's deepest layer
+  ``layers1[-1]`` (or student1's, ``student2_input="direct"``) into teacher2's pyramid.
+- Discriminator: DRAEM's U-Net on the pairwise summed distance maps, 2-class output.
+
+Input images are in ``[0, 1]``; ImageNet normalisation happens here so that the Lightning module
+can paste pseudo-anomalies on un-normalised images and the exported graph takes plain images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork
+from torch import nn
+
+from anomalib_ext.components import ReconstructionStudent, create_backbone, feature_shapes
+
+from .anomaly_map import AnomalyMapGenerator
+
+ScoreMap = Literal["combined", "student_teacher", "discriminator"]
+SCORE_MAPS: tuple[str, ...] = ("combined", "student_teacher", "discriminator")
+STUDENT2_INPUTS: tuple[str, ...] = ("teacher", "direct")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RSTPMFeatures(NamedTuple):
+    """Aligned feature lists (shallow to deep) of both pairs."""
+
+    teacher1: list[torch.Tensor]
+    student1: list[torch.Tensor]
+    teacher2: list[torch.Tensor]
+    student2: list[torch.Tensor]
+
+
+class RSTPMModel(nn.Module):
+    """Two student-teacher pairs plus a discriminator; in eval mode returns ``InferenceBatch``.
+
+    Args:
+        teacher1: timm name of pair 1's teacher (student1 copies its architecture).
+        teacher2: timm name of pair 2's teacher.
+        layers1: teacher1 layers; all but the last give maps 1..n, the last feeds student2.
+        layers2: teacher2 layers (shallow to deep), one per map of pair 2; ``len(layers1) - 1`` of them.
+        teacher1_weights / teacher2_weights: local weight files (see ``create_backbone``).
+        pre_trained: load ImageNet weights into the teachers (``False`` only for tests).
+        allow_download: let ``create_backbone`` fall back to the timm hub.
+        attention: ``"*+"``, ``"++"``, ``"**"``, ``"+*"`` or ``"none"`` (gates of student2).
+        student2_variant: ``"rstpm1"`` (report fig. 3) or ``"rstpm2"`` (RD4AD-style blocks).
+        student2_input: ``"teacher"`` (paper) or ``"direct"`` (student1's deepest layer).
+        score_map: which map the eval forward returns: ``"combined"`` (eq. 1), ``"student_teacher"``
+            or ``"discriminator"``; can be changed after training to measure all three.
+        discriminator_width: base width of DRAEM's discriminative U-Net (DRAEM: 64).
+    """
+
+    def __init__(
+        self,
+        teacher1: str = "resnet18.tv_in1k",
+        teacher2: str = "resnet50.tv_in1k",
+        layers1: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+        layers2: Sequence[str] = ("layer1", "layer2", "layer3"),
+        teacher1_weights: str | Path | None = None,
+        teacher2_weights: str | Path | None = None,
+        pre_trained: bool = True,
+        allow_download: bool = False,
+        attention: str = "*+",
+        student2_variant: str = "rstpm1",
+        student2_input: str = "teacher",
+        score_map: ScoreMap = "combined",
+        discriminator_width: int = 64,
+    ) -> None:
+        super().__init__()
+        layers1, layers2 = list(layers1), list(layers2)
+        if len(layers1) != len(layers2) + 1:
+            msg = (
+                f"layers1 needs one layer more than layers2 (its last one feeds student2); "
+                f"got layers1={layers1}, layers2={layers2}."
+            )
+            raise ValueError(msg)
+        if student2_input not in STUDENT2_INPUTS:
+            msg = f"student2_input={student2_input!r}; expected one of {STUDENT2_INPUTS}."
+            raise ValueError(msg)
+        self.score_map = score_map  # validated by the setter
+        self.student2_input = student2_input
+        self.detach_student2_input = False  # set by the Lightning module for split losses with "direct"
+        self.teacher1 = create_backbone(teacher1, layers1, pre_trained, teacher1_weights, allow_download)
+        student1_layers = layers1 if student2_input == "direct" else layers1[:-1]
+        self.student1 = create_backbone(teacher1, student1_layers, pre_trained=False, requires_grad=True)
+        self.teacher2 = create_backbone(teacher2, layers2, pre_trained, teacher2_weights, allow_download)
+        for teacher in (self.teacher1, self.teacher2):
+            teacher.requires_grad_(False)
+        deep_channels = feature_shapes(self.teacher1)[-1][0]
+        target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
+        self.student2 = ReconstructionStudent(deep_channels, target_channels, student2_variant, attention)  # type: ignore[arg-type]
+        self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
+        self.anomaly_map_generator = AnomalyMapGenerator()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def score_map(self) -> str:
+        """Which of the three maps the eval forward returns (and takes the max of as the score)."""
+        return self._score_map
+
+    @score_map.setter
+    def score_map(self, value: str) -> None:
+        if value not in SCORE_MAPS:
+            msg = f"score_map={value!r}; expected one of {SCORE_MAPS}."
+            raise ValueError(msg)
+        self._score_map = value
+
+    def train(self, mode: bool = True) -> RSTPMModel:
+        """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
+        super().train(mode)
+        self.teacher1.eval()
+        self.teacher2.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> RSTPMFeatures:
+        """Teacher and student pyramids of both pairs for ``[0, 1]`` images."""
+        normalized = (images - self.mean) / self.std
+        teacher1 = list(self.teacher1(normalized).values())
+        teacher2 = list(self.teacher2(normalized).values())
+        student1 = list(self.student1(normalized).values())
+        source = student1[-1] if self.student2_input == "direct" else teacher1[-1]
+        if self.detach_student2_input:
+            source = source.detach()
+        student2 = self.student2(source, teacher2)
+        n_maps = len(teacher2)
+        return RSTPMFeatures(teacher1[:n_maps], student1[:n_maps], teacher2, student2)
+
+    def summed_maps(self, features: RSTPMFeatures, image_size: Sequence[int]) -> torch.Tensor:
+        """``(B, 3, H, W)``: ``m1+m6, m2+m5, m3+m4``, the discriminator's input."""
+        return self.anomaly_map_generator.summed_maps(*features, image_size=image_size)
+
+    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All three maps for ``images``: ``student_teacher``, ``discriminator`` and ``combined``."""
+        summed = self.summed_maps(self.features(images), images.shape[-2:])
+        return self.anomaly_map_generator(summed, self.discriminator(summed))
+
+    def forward(self, images: torch.Tensor) -> RSTPMFeatures | InferenceBatch:
+        """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its maximum."""
+        if self.training:
+            return self.features(images)
+        anomaly_map = self.anomaly_maps(images)[self.score_map]
+        pred_score = torch.amax(anomaly_map, dim=(-2, -1)).squeeze(-1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
