@@ -6,7 +6,9 @@ once this package is installed; the ``anomalib-ext`` console script also accepts
 
 __version__ = "0.1.0"
 
+from .models.efficientad import EfficientADOffline
 from .models.rd4ad import RD4AD
 from .models.rstpm import RSTPM
+from .models.uniad import UniAD
 
-__all__: list[str] = ["RD4AD", "RSTPM"]
+__all__: list[str] = ["RD4AD", "RSTPM", "EfficientADOffline", "UniAD"]

@@ -1,0 +1,257 @@
+"""EfficientAD (Batzner et al., WACV 2024) as an anomalib module that never touches the network.
+
+Differences from anomalib's ``EfficientAd`` (see ``docs/models/efficientad.md``):
+
+* the teacher comes from a local file (``teacher_weights``; make one offline with
+  ``anomalib-ext distill-teacher``); nothing is downloaded, a missing file is a clear error;
+* the penalty images come from ``penalty_images`` (a folder) or scikit-image's bundled photos;
+* the map-normalisation quantiles are measured on a held-out 10 % of the *training* images
+  (as the reproduction does), not on the validation split, which for MVTec is the test set;
+* any training batch size works (the paper's is 1);
+* exact quantiles of any size (no ``torch.quantile`` 16M-element limit).
+
+Name: ``EfficientADOffline``; anomalib's ``get_model`` matches class names case-insensitively,
+so it must not be ``EfficientAd``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import Compose, Resize
+
+from anomalib_ext.components.natural_images import NaturalImages, endless
+from anomalib_ext.components.quantile import quantiles
+
+from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, load_teacher_file
+from .torch_model import EfficientADModel, ModelSize
+
+logger = logging.getLogger(__name__)
+TEACHER_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"
+
+
+def find_teacher(model_size: str) -> Path | None:
+    """``$ANOMALIB_EXT_WEIGHTS_DIR/efficientad_teacher_<size>.pth`` (default dir ``~/.cache/anomalib_ext/weights``)."""
+    directory = Path(os.environ.get(TEACHER_DIR_ENV, "~/.cache/anomalib_ext/weights")).expanduser()
+    path = directory / f"efficientad_teacher_{model_size}.pth"
+    return path if path.is_file() else None
+
+
+class EfficientADOffline(AnomalibModule):
+    """EfficientAD-S/M with a local teacher, local penalty images and train-held-out map quantiles.
+
+    Args:
+        teacher_weights: teacher file (this package's, anomalib's or nelson1425's format). ``None``:
+            look for ``$ANOMALIB_EXT_WEIGHTS_DIR/efficientad_teacher_<size>.pth``.
+        model_size: ``small`` or ``medium``.
+        penalty_images: natural-image folder for the penalty term; ``None``: scikit-image photos.
+        use_penalty: ``False`` drops the penalty term (reproduction's ``--imagenet_train_path none``).
+        random_teacher: explicit opt-in to train with an untrained teacher (tests, smoke runs only).
+        teacher_stats: ``train`` (reproduction: teacher channel mean/std over the training images)
+            or ``file`` (the ``mean``/``std`` stored in the teacher file).
+        holdout_fraction: share of the training images held out for the map quantiles (reproduction: 0.1).
+        lr, weight_decay, lr_decay_at: Adam 1e-4 / 1e-5, x0.1 at 95 % of the training steps.
+        penalty_batch_size: natural images per step (paper: 1).
+        seed: seed of the held-out split.
+        image_size: side the default pre-processor resizes to (paper: 256; at least 128).
+    """
+
+    def __init__(
+        self,
+        teacher_weights: str | None = None,
+        model_size: ModelSize = "small",
+        penalty_images: str | None = None,
+        use_penalty: bool = True,
+        random_teacher: bool = False,
+        teacher_stats: Literal["train", "file"] = "train",
+        holdout_fraction: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        lr_decay_at: float = 0.95,
+        penalty_batch_size: int = 1,
+        out_channels: int = 384,
+        padding: bool = False,
+        pad_maps: bool = True,
+        seed: int = 42,
+        image_size: int = 256,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
+        )
+        self.teacher_weights = None if teacher_weights is None else str(teacher_weights)
+        self.model_size = model_size
+        self.penalty_images = penalty_images
+        self.use_penalty = use_penalty
+        self.random_teacher = random_teacher
+        self.teacher_stats = teacher_stats
+        self.holdout_fraction = holdout_fraction
+        self.lr, self.weight_decay, self.lr_decay_at = lr, weight_decay, lr_decay_at
+        self.penalty_batch_size = penalty_batch_size
+        self.seed = seed
+        self.model = EfficientADModel(model_size, out_channels, padding, pad_maps, image_size)
+        self._teacher_ready = False
+        self._file_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._holdout: Any = None
+        self._penalty: Any = None
+
+    # ---------------------------------------------------------------- teacher and data
+    def load_teacher(self) -> None:
+        """Load the teacher from ``teacher_weights`` (or the default location); never downloads."""
+        path = self.teacher_weights or find_teacher(self.model_size)
+        if path is None:
+            if self.random_teacher:
+                logger.warning("EfficientADOffline: training with a RANDOM teacher (random_teacher=True).")
+                self._teacher_ready = True
+                return
+            msg = f"EfficientADOffline needs a teacher (teacher_weights=None and no default file found). {HOW_TO_MAKE}"
+            raise TeacherWeightsError(msg)
+        weights, mean, std = load_teacher_file(path, self.model_size)
+        try:
+            self.model.teacher.load_state_dict(weights)
+        except RuntimeError as error:
+            msg = f"Teacher file {path!r} does not fit a {self.model_size} PDN: {error}"
+            raise TeacherWeightsError(msg) from error
+        self._file_stats = None if mean is None or std is None else (mean, std)
+        self._teacher_ready = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """For fitting: load the teacher and hold out part of the training images for the quantiles."""
+        if stage not in ("fit", None):
+            return
+        if not self._teacher_ready:
+            self.load_teacher()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        train = getattr(datamodule, "train_data", None)
+        if self._holdout is None and train is not None and hasattr(train, "subsample") and len(train) > 1:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            n_held = max(1, round(self.holdout_fraction * len(train)))
+            self._holdout = train.subsample(sorted(order[:n_held]), inplace=False)
+            train.subsample(sorted(order[n_held:]), inplace=True)
+            logger.info("EfficientADOffline: %d training images held out for the map quantiles.", n_held)
+
+    def _images(self, loader: DataLoader) -> Any:
+        """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
+        for batch in loader:
+            images = batch.image.to(self.device)
+            yield self.pre_processor.transform(images) if self.pre_processor else images
+
+    def _holdout_loader(self) -> DataLoader:
+        if self._holdout is not None:
+            holdout = self._holdout
+        else:  # trained from bare dataloaders: nothing could be held out
+            logger.warning("EfficientADOffline: no held-out training images; map quantiles use the training images.")
+            holdout = self.trainer.train_dataloader.dataset
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
+        return DataLoader(holdout, batch_size=batch_size, shuffle=False, collate_fn=holdout.collate_fn)
+
+    def _penalty_batch(self, image_size: int) -> torch.Tensor:
+        if self._penalty is None:
+            dataset = NaturalImages(self.penalty_images, image_size=image_size)
+            logger.info("EfficientADOffline: penalty images from %s", dataset.describe())
+            self._penalty = endless(DataLoader(dataset, batch_size=self.penalty_batch_size, shuffle=True))
+        return next(self._penalty).to(self.device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Drop the penalty iterator (a generator) when pickled or deep-copied."""
+        state = self.__dict__.copy()
+        state["_penalty"] = None
+        return state
+
+    # ---------------------------------------------------------------- statistics
+    @torch.no_grad()
+    def compute_teacher_statistics(self) -> None:
+        """Teacher channel mean/std over the training images (reproduction's ``teacher_normalization``)."""
+        if self.teacher_stats == "file" and self._file_stats is not None:
+            mean, std = self._file_stats
+        else:
+            model = self.model
+            outputs = (model.teacher(model.normalize_input(x)) for x in self._images(self.trainer.train_dataloader))
+            mean, std = channel_statistics(outputs)
+        self.model.set_teacher_statistics(mean.to(self.device), std.to(self.device))
+
+    @torch.no_grad()
+    def compute_map_quantiles(self) -> None:
+        """``(q_0.9, q_0.995)`` of M_ST and M_AE over the held-out training images (exact, any size)."""
+        was_training = self.model.training
+        self.model.eval()
+        maps = [self.model.raw_maps(x) for x in self._images(self._holdout_loader())]
+        q_st = torch.stack(quantiles(torch.cat([m[0] for m in maps]), (0.9, 0.995)))
+        q_ae = torch.stack(quantiles(torch.cat([m[1] for m in maps]), (0.9, 0.995)))
+        self.model.set_map_quantiles(q_st, q_ae)
+        self.model.train(was_training)
+
+    # ---------------------------------------------------------------- lightning hooks
+    def on_train_start(self) -> None:
+        """Teacher statistics before the first step."""
+        self.compute_teacher_statistics()
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """``L_hard + L_penalty + L_AE + L_STAE`` on one batch (plus one natural image for the penalty)."""
+        del args, kwargs
+        natural = self._penalty_batch(batch.image.shape[-1]) if self.use_penalty else None
+        terms = self.model.losses(batch.image, natural)
+        loss = torch.stack(list(terms.values())).sum()
+        for name, value in terms.items():
+            self.log(f"train_{name}", value.detach(), on_step=True, on_epoch=False, batch_size=len(batch.image))
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch.image))
+        return {"loss": loss}
+
+    def on_validation_start(self) -> None:
+        """Quantiles from the held-out training images, with the current weights."""
+        if self._trainer is not None and self.trainer.training:
+            self.compute_map_quantiles()
+
+    def on_train_end(self) -> None:
+        """Final quantiles (training may end between validations)."""
+        self.compute_map_quantiles()
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Maps and scores for a validation batch."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam (student + autoencoder), StepLR x0.1 at ``lr_decay_at`` of the total steps."""
+        parameters = [*self.model.student.parameters(), *self.model.ae.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if not total or total == float("inf"):
+            msg = "EfficientADOffline needs a finite max_steps or max_epochs."
+            raise ValueError(msg)
+        step_size = max(1, int(self.lr_decay_at * total))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to 256 px; ImageNet normalisation happens inside the model (once per batch)."""
+        return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation (quantiles would be taken of an untrained model)."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS

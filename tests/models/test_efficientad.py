@@ -1,0 +1,205 @@
+"""EfficientADOffline: losses, quantiles from held-out train images, offline teacher, CLI, export.
+
+Everything runs at 128 px (the smallest size the autoencoder supports) on a handful of images.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_ext.components.quantile import quantile
+from anomalib_ext.models.efficientad import EfficientADModel, EfficientADOffline, TeacherWeightsError
+from anomalib_ext.models.efficientad.loss import hard_feature_loss, penalty_loss
+from anomalib_ext.models.efficientad.teacher import distill_teacher, load_teacher_file
+from tests.helpers import assert_openvino_parity, fit_and_test
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny texture category: 6 train, 2 good + 1 per defect test images (64 px files, resized to 128)."""
+    from anomalib_ext.data import make_texture_dataset
+
+    root = make_texture_dataset(
+        tmp_path_factory.mktemp("effad"),
+        categories=("brick",),
+        image_size=64,
+        n_train=6,
+        n_test_good=2,
+        n_test_per_defect=1,
+    )
+    return root / "brick"
+
+
+def make_datamodule(root: Path):
+    from anomalib_ext.data import MVTecStyle
+
+    return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher distilled offline from EfficientNet-Lite0 on scikit-image photos (2 steps)."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher_small.pth"
+    return distill_teacher(path, image_size=SIZE, steps=2, batch_size=2, norm_images=2, log_every=0)
+
+
+@pytest.fixture(scope="module")
+def trained(small_root: Path, teacher_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One short fit + test with the distilled teacher and batch size 3; shared by several tests."""
+    model = EfficientADOffline(teacher_weights=str(teacher_file), image_size=SIZE)
+    datamodule = make_datamodule(small_root)
+    metrics = fit_and_test(model, datamodule, tmp_path_factory.mktemp("fit"), max_epochs=1)
+    return model, datamodule, metrics
+
+
+def test_quantile_is_exact_and_has_no_size_limit() -> None:
+    values = torch.rand(10_001, generator=torch.Generator().manual_seed(0))
+    for q in (0.0, 0.5, 0.9, 0.995, 0.999, 1.0):
+        torch.testing.assert_close(quantile(values, q), torch.quantile(values, q))
+    big = torch.arange(2**24 + 11, dtype=torch.float32)  # torch.quantile refuses this size
+    assert float(quantile(big, 0.5)) == pytest.approx((2**24 + 10) / 2)
+
+
+def test_hard_loss_averages_only_the_top_tenth_percent() -> None:
+    distance = torch.zeros(1, 10, 10, 100)  # 10,000 elements
+    distance.view(-1)[:10] = torch.arange(1.0, 11.0)  # the 10 largest: the 0.999 quantile keeps them
+    loss = hard_feature_loss(distance)
+    threshold = torch.quantile(distance.flatten(), 0.999)
+    assert float(loss) == pytest.approx(float(distance[distance >= threshold].mean()))
+    assert float(loss) == pytest.approx(5.5, rel=0.2)  # zeros are not averaged in
+
+
+def test_penalty_is_mean_square_of_teacher_channels_and_reaches_the_student() -> None:
+    torch.manual_seed(0)
+    model = EfficientADModel("small", out_channels=8, image_size=SIZE)
+    images, natural = torch.rand(2, 3, SIZE, SIZE), torch.rand(1, 3, SIZE, SIZE)
+    terms = model.losses(images, natural)
+    with torch.no_grad():
+        expected = model.student(model.normalize_input(natural))[:, :8].pow(2).mean()
+    assert float(terms["penalty"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    output = torch.randn(1, 16, 4, 4)
+    assert float(penalty_loss(output, 8)) == pytest.approx(float(output[:, :8].pow(2).mean()))
+    terms["penalty"].backward()
+    assert model.student.conv1.weight.grad is not None and model.teacher.conv1.weight.grad is None
+    assert set(model.losses(images, None)) == {"hard", "ae", "stae"}
+
+
+def test_distilled_teacher_is_loadable(teacher_file: Path) -> None:
+    stored = torch.load(teacher_file, map_location="cpu", weights_only=True)
+    assert stored["meta"]["backbone"] == "efficientnet_lite0" and stored["mean"].shape == (1, 384, 1, 1)
+    model = EfficientADOffline(teacher_weights=str(teacher_file))
+    model.load_teacher()
+    torch.testing.assert_close(model.model.teacher.conv4.weight, stored["conv4.weight"])
+    # the reproduction's nn.Sequential key layout (0.weight, 3.weight, ...) loads too
+    sequential = {
+        f"{i}.{kind}": stored[f"conv{n}.{kind}"] for n, i in enumerate((0, 3, 6, 8), 1) for kind in ("weight", "bias")
+    }
+    torch.save(sequential, teacher_file.with_name("nelson.pth"))
+    weights, mean, _ = load_teacher_file(teacher_file.with_name("nelson.pth"))
+    torch.testing.assert_close(weights["conv3.bias"], stored["conv3.bias"])
+    assert mean is None
+
+
+def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(TeacherWeightsError, match="distill-teacher"):
+        EfficientADOffline().load_teacher()
+    with pytest.raises(TeacherWeightsError, match="does not exist"):
+        EfficientADOffline(teacher_weights=str(tmp_path / "nope.pth")).load_teacher()
+
+
+def test_tiny_fit_and_test_with_batch_size_above_one(trained) -> None:
+    model, _, metrics = trained
+    assert set(metrics) >= {"image_AUROC", "pixel_AUROC"}
+    assert all(np.isfinite(value) for value in metrics.values())
+    assert torch.all(model.model.teacher_std > 0) and not torch.all(model.model.teacher_mean == 0)
+
+
+def test_map_quantiles_come_from_held_out_train_images(trained) -> None:
+    model, datamodule, _ = trained
+    holdout = model._holdout
+    assert set(holdout.samples.split) == {"train"}
+    held = set(holdout.samples.image_path)
+    assert held and held.isdisjoint(datamodule.train_data.samples.image_path)  # not trained on
+    assert held.isdisjoint(datamodule.test_data.samples.image_path)
+    q_st, q_ae = model.model.q_st.clone(), model.model.q_ae.clone()
+    model.eval()
+    with torch.no_grad():
+        images = torch.stack([holdout[i].image for i in range(len(holdout))])
+        map_st, map_ae = model.model.raw_maps(model.pre_processor.transform(images))
+    torch.testing.assert_close(q_st, torch.stack([quantile(map_st, 0.9), quantile(map_st, 0.995)]))
+    torch.testing.assert_close(q_ae, torch.stack([quantile(map_ae, 0.9), quantile(map_ae, 0.995)]))
+
+
+def test_batched_channels_last_inference_matches_single_images() -> None:
+    torch.manual_seed(0)
+    model = EfficientADModel("small", image_size=SIZE).eval()
+    model.set_map_quantiles(torch.tensor([0.1, 0.5]), torch.tensor([0.2, 0.4]))
+    images = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        batched = model(images)
+        single = [model(image[None]).pred_score for image in images]
+        fast = model.prepare_for_inference(channels_last=True)(images)
+    torch.testing.assert_close(batched.pred_score, torch.cat(single), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.anomaly_map, batched.anomaly_map, rtol=1e-4, atol=1e-5)
+    assert batched.anomaly_map.shape == (3, 1, SIZE, SIZE)
+
+
+def test_openvino_parity(trained, tmp_path: Path) -> None:
+    model, _, _ = trained
+    assert_openvino_parity(model, tmp_path, (SIZE, SIZE), atol=1e-4)
+
+
+def test_cli_fit_and_teacher_entry_point(small_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    teacher_help = subprocess.run(
+        [sys.executable, "-m", "anomalib_ext.models.efficientad.teacher", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert teacher_help.returncode == 0 and "--backbone" in teacher_help.stdout
+    anomalib = Path(sys.executable).with_name("anomalib")
+    command = [
+        str(anomalib),
+        "fit",
+        "--model",
+        "anomalib_ext.EfficientADOffline",
+        "--model.random_teacher",
+        "true",
+        "--model.image_size",
+        str(SIZE),
+        "--data",
+        "anomalib_ext.data.MVTecStyle",
+        "--data.root",
+        str(small_root),
+        "--data.image_size",
+        str(SIZE),
+        "--data.train_batch_size",
+        "3",
+        "--data.eval_batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--default_root_dir",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
