@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 from .models.efficientad import EfficientADOffline
 from .models.rd4ad import RD4AD
 from .models.rstpm import RSTPM
+from .models.uniad import UniAD
 
-__all__: list[str] = ["RD4AD", "RSTPM", "EfficientADOffline"]
+__all__: list[str] = ["RD4AD", "RSTPM", "EfficientADOffline", "UniAD"]
