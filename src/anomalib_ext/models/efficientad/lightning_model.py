@@ -63,6 +63,8 @@ class EfficientADOffline(AnomalibModule):
         teacher_stats: ``train`` (reproduction: teacher channel mean/std over the training images)
             or ``file`` (the ``mean``/``std`` stored in the teacher file).
         holdout_fraction: share of the training images held out for the map quantiles (reproduction: 0.1).
+        max_stat_images: cap on the training images used for the teacher channel statistics
+            (``None``: all, as the reproduction; a cap saves time on CPU).
         lr, weight_decay, lr_decay_at: Adam 1e-4 / 1e-5, x0.1 at 95 % of the training steps.
         penalty_batch_size: natural images per step (paper: 1).
         seed: seed of the held-out split.
@@ -78,6 +80,7 @@ class EfficientADOffline(AnomalibModule):
         random_teacher: bool = False,
         teacher_stats: Literal["train", "file"] = "train",
         holdout_fraction: float = 0.1,
+        max_stat_images: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
         lr_decay_at: float = 0.95,
@@ -104,6 +107,7 @@ class EfficientADOffline(AnomalibModule):
         self.random_teacher = random_teacher
         self.teacher_stats = teacher_stats
         self.holdout_fraction = holdout_fraction
+        self.max_stat_images = max_stat_images
         self.lr, self.weight_decay, self.lr_decay_at = lr, weight_decay, lr_decay_at
         self.penalty_batch_size = penalty_batch_size
         self.seed = seed
@@ -148,10 +152,14 @@ class EfficientADOffline(AnomalibModule):
             train.subsample(sorted(order[n_held:]), inplace=True)
             logger.info("EfficientADOffline: %d training images held out for the map quantiles.", n_held)
 
-    def _images(self, loader: DataLoader) -> Any:
+    def _images(self, loader: DataLoader, limit: int | None = None) -> Any:
         """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
+        seen = 0
         for batch in loader:
+            if limit is not None and seen >= limit:
+                return
             images = batch.image.to(self.device)
+            seen += len(images)
             yield self.pre_processor.transform(images) if self.pre_processor else images
 
     def _holdout_loader(self) -> DataLoader:
@@ -184,7 +192,8 @@ class EfficientADOffline(AnomalibModule):
             mean, std = self._file_stats
         else:
             model = self.model
-            outputs = (model.teacher(model.normalize_input(x)) for x in self._images(self.trainer.train_dataloader))
+            images = self._images(self.trainer.train_dataloader, self.max_stat_images)
+            outputs = (model.teacher(model.normalize_input(x)) for x in images)
             mean, std = channel_statistics(outputs)
         self.model.set_teacher_statistics(mean.to(self.device), std.to(self.device))
 
