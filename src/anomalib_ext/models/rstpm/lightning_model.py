@@ -201,7 +201,11 @@ class RSTPM(AnomalibModule):
             self.manual_backward(loss)  # parameters are disjoint and "split" detaches, so one backward serves both
             for optimizer in student_optimizers:
                 optimizer.step()
-            self.log_dict({"train_loss_pair1": loss1.detach(), "train_loss_pair2": loss2.detach()}, on_epoch=True)
+            self.log_dict(
+                {"train_loss_pair1": loss1.detach(), "train_loss_pair2": loss2.detach()},
+                on_epoch=True,
+                batch_size=len(batch.image),
+            )
         else:
             with torch.no_grad():
                 augmented, mask = self.anomaly_generator(batch.image)
@@ -210,8 +214,8 @@ class RSTPM(AnomalibModule):
             optimizers[-1].zero_grad()
             self.manual_backward(loss)
             optimizers[-1].step()
-        self.log("train_stage", float(stage), on_epoch=True)
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_stage", float(stage), on_epoch=True, batch_size=len(batch.image))
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
