@@ -164,17 +164,23 @@ def pretrained_state_dict(
 
 
 def load_into(module: nn.Module, state: OrderedDict[str, torch.Tensor], backbone: str) -> None:
-    """Load a full-model state dict into a (possibly ``features_only``) timm module.
+    """Load a full-model state dict into a (possibly ``features_only``, truncated) timm module.
 
-    Every parameter and buffer of ``module`` must be present; only classifier-head tensors may be
-    left over. Anything else means the file belongs to another architecture.
+    Every tensor of ``module`` must be present, and every tensor in ``state`` must belong to the
+    full ``backbone`` architecture: a file written for another network is refused even when its
+    shared prefix would fit (ResNet-34 weights into a ResNet-18).
     """
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    unexpected = [key for key in unexpected if not key.startswith(_HEAD_PREFIXES)]
-    if missing or unexpected:
+    architecture = set(timm.create_model(split_timm_name(backbone)[0], pretrained=False).state_dict())
+    foreign = [key for key in state if key not in architecture and not key.startswith(_HEAD_PREFIXES)]
+    try:
+        missing, _ = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        msg = f"Weights do not match backbone {backbone!r}: {error}"
+        raise BackboneWeightsError(msg) from error
+    if missing or foreign:
         msg = (
             f"Weights do not match backbone {backbone!r}: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
+            f"(e.g. {missing[:3]}), {len(foreign)} not in the architecture (e.g. {foreign[:3]})."
         )
         raise BackboneWeightsError(msg)
 

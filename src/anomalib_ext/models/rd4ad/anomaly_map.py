@@ -38,15 +38,17 @@ def layer_distance_maps(
 class AnomalyMapGenerator(nn.Module):
     """Fuse the per-layer distance maps and smooth them (sigma 4 by default, as official)."""
 
-    def __init__(self, image_size: Sequence[int], mode: MapFusion | str = MapFusion.ADD, sigma: float = 4.0) -> None:
+    def __init__(self, mode: MapFusion | str = MapFusion.ADD, sigma: float = 4.0) -> None:
         super().__init__()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.mode = MapFusion(mode)
         kernel = 2 * int(4.0 * sigma + 0.5) + 1
         self.blur = GaussianBlur2d(kernel_size=(kernel, kernel), sigma=(sigma, sigma), channels=1)
 
-    def forward(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
-        maps = layer_distance_maps(teacher, student, self.image_size)
+    def forward(
+        self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The fused, smoothed map at ``image_size`` (the input's size, as the official code does)."""
+        maps = layer_distance_maps(teacher, student, image_size)
         fused = maps[0]
         for distance in maps[1:]:
             fused = fused * distance if self.mode is MapFusion.MULTIPLY else fused + distance

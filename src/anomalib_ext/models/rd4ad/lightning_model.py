@@ -87,13 +87,9 @@ class RD4AD(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if self.input_size is None:
-            msg = "RD4AD needs a fixed input size: give it a pre_processor that resizes (the default resizes to 256)."
-            raise ValueError(msg)
         self.lr = lr
         self.betas = (float(betas[0]), float(betas[1]))
         self.model = RD4ADModel(
-            input_size=tuple(self.input_size),
             backbone=backbone,
             layers=tuple(layers),
             pre_trained=pre_trained,

@@ -166,7 +166,6 @@ class RD4ADModel(nn.Module):
 
     def __init__(
         self,
-        input_size: tuple[int, int],
         backbone: str = "wide_resnet50_2.tv_in1k",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
@@ -188,7 +187,7 @@ class RD4ADModel(nn.Module):
         shapes = feature_shapes(self.encoder)
         self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
         self.decoder = DeResNetDecoder(shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio)
-        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=anomaly_map_mode, sigma=sigma)
+        self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
 
     def train(self, mode: bool = True) -> RD4ADModel:
         """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""
@@ -201,5 +200,5 @@ class RD4ADModel(nn.Module):
         student = self.decoder(self.bottleneck(teacher))
         if self.training:
             return teacher, student
-        anomaly_map = self.anomaly_map_generator(teacher, student)
+        anomaly_map = self.anomaly_map_generator(teacher, student, (images.shape[-2], images.shape[-1]))
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)

