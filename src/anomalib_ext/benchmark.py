@@ -151,6 +151,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
+    from anomalib_ext.callbacks import EpochProgress
     from anomalib_ext.data import MVTecStyle
 
     seed_everything(args.seed, workers=True)
@@ -165,7 +166,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    engine = Engine(default_root_dir=work, max_epochs=args.epochs, accelerator=accelerator, devices=1, logger=False)
+    engine = Engine(
+        default_root_dir=work,
+        max_epochs=args.epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[EpochProgress()],
+        enable_progress_bar=False,
+    )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch import seed_everything
 
     import anomalib_ext
+    from anomalib_ext.callbacks import EpochProgress
     from anomalib_ext.data import MVTecStyle, make_texture_dataset
     from anomalib_ext.deploy import openvino_parity, quiet_exporter_logs
 
@@ -108,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         layers=LITE0_LAYERS,
         pre_processor=model_cls.configure_pre_processor(image_size=(args.image_size, args.image_size)),
     )
-    engine = Engine(default_root_dir=output / "run", max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False)
+    engine = Engine(
+        default_root_dir=output / "run",
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[EpochProgress()],
+        enable_progress_bar=sys.stdout.isatty(),  # a live bar in a terminal, one line per epoch in logs
+    )
     print(
         f"[2/5] Training {args.model} (EfficientNet-Lite0 teacher, offline ImageNet weights), {args.epochs} epochs ..."
     )
