@@ -56,9 +56,20 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(small_root: Path, teacher_file: Path, tmp_path_factory: pytest.TempPathFactory):
     """One short fit + test with the distilled teacher and batch size 3; shared by several tests."""
     model = EfficientADOffline(teacher_weights=str(teacher_file), image_size=SIZE)
+    calls: list[str] = []  # the stage at each quantile computation
+    compute = model.compute_map_quantiles
+
+    def spy() -> None:
+        stage = model.trainer.state.stage
+        calls.append(str(getattr(stage, "value", stage)))
+        compute()
+
+    model.compute_map_quantiles = spy  # type: ignore[method-assign]
+    model.quantile_calls = calls
     datamodule = make_datamodule(small_root)
-    metrics = fit_and_test(model, datamodule, tmp_path_factory.mktemp("fit"), max_epochs=1)
-    return model, datamodule, metrics
+    root = tmp_path_factory.mktemp("fit")
+    metrics = fit_and_test(model, datamodule, root, max_epochs=1)
+    return model, datamodule, metrics, root
 
 
 def test_quantile_is_exact_and_has_no_size_limit() -> None:
@@ -118,14 +129,16 @@ def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: py
 
 
 def test_tiny_fit_and_test_with_batch_size_above_one(trained) -> None:
-    model, _, metrics = trained
+    model, _, metrics, _ = trained
     assert set(metrics) >= {"image_AUROC", "pixel_AUROC"}
     assert all(np.isfinite(value) for value in metrics.values())
     assert torch.all(model.model.teacher_std > 0) and not torch.all(model.model.teacher_mean == 0)
 
 
 def test_map_quantiles_come_from_held_out_train_images(trained) -> None:
-    model, datamodule, _ = trained
+    model, datamodule, _, _ = trained
+    assert any("validat" in stage for stage in model.quantile_calls)  # before the in-fit validation
+    assert "train" in model.quantile_calls[-1]  # and once more at on_train_end; never in test
     holdout = model._holdout
     assert set(holdout.samples.split) == {"train"}
     held = set(holdout.samples.image_path)
@@ -154,8 +167,23 @@ def test_batched_channels_last_inference_matches_single_images() -> None:
     assert batched.anomaly_map.shape == (3, 1, SIZE, SIZE)
 
 
+def test_checkpoint_loads_with_weights_only(trained) -> None:
+    model, _, _, root = trained
+    checkpoints = sorted(root.rglob("*.ckpt"))
+    assert checkpoints, "the engine wrote no checkpoint"
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["state_dict"]
+    restored = EfficientADOffline(image_size=SIZE)  # no teacher file needed: the checkpoint carries it
+    restored.load_state_dict(state)
+    restored.eval()
+    model.eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.model(images).anomaly_map, model.model(images).anomaly_map)
+    torch.testing.assert_close(restored.model.q_st, model.model.q_st)
+
+
 def test_openvino_parity(trained, tmp_path: Path) -> None:
-    model, _, _ = trained
+    model, _, _, _ = trained
     assert_openvino_parity(model, tmp_path, (SIZE, SIZE), atol=1e-4)
 
 

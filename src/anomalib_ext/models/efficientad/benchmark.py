@@ -1,7 +1,8 @@
 """Inference speed of EfficientADOffline beside anomalib's EfficientAd, measured the same way.
 
 Both models get random weights (speed does not depend on their values) and the same input.
-Modes: ``eager`` (fp32), ``channels_last``, ``half`` (fp16 + channels-last, GPU), ``compile``
+Modes: ``eager`` (fp32), ``channels_last``, ``half`` (fp16 weights + channels-last; anomalib's model
+builds fp32 normalisation tensors on every call, which may reject it), ``autocast`` (fp16), ``compile``
 (``torch.compile``, max-autotune without CUDA graphs), ``cuda_graph`` (captured once, replayed)
 and ``openvino`` (CPU, FP32 IR). Latency is per batch-1 call; throughput is images/s at larger
 batches. Timing brackets every call with a device synchronisation (CUDA) so it is wall time.
@@ -22,7 +23,7 @@ from torch import nn
 
 from .torch_model import EfficientADModel
 
-MODES = ("eager", "channels_last", "half", "compile", "cuda_graph", "openvino")
+MODES = ("eager", "channels_last", "half", "autocast", "compile", "cuda_graph", "openvino")
 
 
 class _Outputs(nn.Module):
@@ -95,7 +96,7 @@ def torch_runner(model: nn.Module, images: torch.Tensor, mode: str) -> Callable[
         return graph.replay
 
     def run() -> object:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(images.device.type, torch.float16, enabled=mode == "autocast"):
             return model(images)
 
     return run

@@ -29,6 +29,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
@@ -225,8 +226,12 @@ class EfficientADOffline(AnomalibModule):
         return {"loss": loss}
 
     def on_validation_start(self) -> None:
-        """Quantiles from the held-out training images, with the current weights."""
-        if self._trainer is not None and self.trainer.training:
+        """During fit: quantiles from the held-out training images with the current weights.
+
+        (Run before every validation so anomalib's post-processor learns its thresholds on maps
+        normalised exactly as at test time.)
+        """
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             self.compute_map_quantiles()
 
     def on_train_end(self) -> None:
