@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,15 @@ TINY = {
     "pool_size": 4,
     "visualizer": False,
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread in this module: with 2 cores shared by several jobs, 2 threads spin-wait (~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_model(**kwargs) -> UniAD:
@@ -254,7 +265,8 @@ def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--default_root_dir", str(tmp_path),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     for key in ("image_AUROC/brick", "image_AUROC/grass", "image_AUROC/mean"):

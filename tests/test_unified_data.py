@@ -1,0 +1,102 @@
+"""Unified multi-class data module and per-category metrics (any anomalib model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.models import Padim
+from sklearn.metrics import roc_auc_score
+
+from anomalib_ext.data import DatasetError, PerCategoryMetrics, UnifiedMultiClass
+from tests.helpers import fit_and_test
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread in this module: with 2 cores shared by several jobs, 2 threads spin-wait (~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_category_folders(texture_root: Path, tmp_path: Path) -> None:
+    """root (+categories) and explicit roots are joined; missing folders and duplicate names fail clearly."""
+    assert [p.name for p in UnifiedMultiClass.category_folders(texture_root, None, None)] == ["brick", "grass"]
+    folders = UnifiedMultiClass.category_folders(texture_root, ["grass"], [texture_root / "brick"])
+    assert [p.name for p in folders] == ["grass", "brick"]
+    with pytest.raises(ValueError, match="unique"):
+        UnifiedMultiClass.category_folders(texture_root, ["brick"], [texture_root / "brick"])
+    with pytest.raises(DatasetError, match="train"):
+        UnifiedMultiClass.category_folders(tmp_path, ["nothing"], None)
+    with pytest.raises(ValueError, match="root"):
+        UnifiedMultiClass.category_folders(None, ["brick"], None)
+
+
+def test_one_train_set_without_labels(texture_root: Path) -> None:
+    """Train and test sets hold every category; items carry no category (the model never sees it)."""
+    datamodule = UnifiedMultiClass(root=texture_root, image_size=32, train_batch_size=4, eval_batch_size=4)
+    datamodule.setup("fit")
+    train, test = datamodule.train_data.samples, datamodule.test_data.samples
+    assert sorted(train.category.unique()) == ["brick", "grass"]
+    assert len(train) == 16 and (train.label_index == 0).all()
+    assert len(test) == 2 * (4 + 3 * 2)
+    assert set(datamodule.image_categories.values()) == {"brick", "grass"}
+    item = datamodule.train_data[0]
+    assert not hasattr(item, "category")
+    assert item.image.shape[-2:] == (32, 32)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.image.shape == (4, 3, 32, 32)
+
+
+def _batch(paths: list[str], scores: list[float], labels: list[int]) -> SimpleNamespace:
+    maps = torch.tensor(scores)[:, None, None, None].expand(-1, 1, 4, 4).clone()
+    masks = torch.zeros(len(paths), 4, 4, dtype=torch.bool)
+    masks[torch.tensor(labels).bool(), 0, 0] = True
+    maps[:, 0, 0, 0] += 1000.0 * torch.tensor(labels)  # defect pixel scores high
+    return SimpleNamespace(
+        image_path=paths,
+        pred_score=torch.tensor(scores),
+        gt_label=torch.tensor(labels).bool(),
+        anomaly_map=maps,
+        gt_mask=masks,
+    )
+
+
+def test_per_category_metrics_match_sklearn() -> None:
+    """Rows are grouped by category across batches; raw (unbounded) scores give sklearn's AUROC; mean logged."""
+    categories = {f"a{i}": "a" for i in range(6)} | {f"b{i}": "b" for i in range(6)}
+    callback = PerCategoryMetrics(image_categories=categories)
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, float(value)))
+    callback.on_test_start(SimpleNamespace(datamodule=None), module)
+    scores = {"a": [150.0, 170.0, 160.0, 155.0, 180.0, 190.0], "b": [3.0, 1.0, 2.0, 5.0, 4.0, 0.5]}
+    labels = {"a": [0, 1, 0, 0, 1, 1], "b": [1, 0, 1, 0, 0, 1]}
+    # two mixed batches: a0-a2 + b0-b2, then a3-a5 + b3-b5
+    for half in (slice(0, 3), slice(3, 6)):
+        paths = [f"a{i}" for i in range(6)][half] + [f"b{i}" for i in range(6)][half]
+        batch = _batch(paths, scores["a"][half] + scores["b"][half], labels["a"][half] + labels["b"][half])
+        callback.on_test_batch_end(None, module, None, batch, 0)
+    callback.on_test_epoch_end(None, module)
+    expected = {name: roc_auc_score(labels[name], scores[name]) for name in ("a", "b")}
+    for name, value in expected.items():
+        assert logged[f"image_AUROC/{name}"] == pytest.approx(value, abs=1e-6)
+        assert logged[f"pixel_AUROC/{name}"] == pytest.approx(1.0, abs=1e-6)
+    assert logged["image_AUROC/mean"] == pytest.approx(sum(expected.values()) / 2, abs=1e-6)
+    assert callback.results()["a"]["image_AUROC"] == pytest.approx(expected["a"], abs=1e-6)
+
+
+def test_per_category_metrics_with_padim(texture_root: Path, tmp_path: Path) -> None:
+    """A stock one-class anomalib model on the unified module: per-category metrics appear in engine.test."""
+    datamodule = UnifiedMultiClass(root=texture_root, image_size=64, train_batch_size=8, eval_batch_size=8)
+    model = Padim(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=32, visualizer=False)
+    metrics = fit_and_test(model, datamodule, tmp_path)
+    for metric in ("image_AUROC", "pixel_AUROC"):
+        per_category = [metrics[f"{metric}/{name}"] for name in ("brick", "grass")]
+        assert all(0.0 <= value <= 1.0 for value in per_category)
+        assert metrics[f"{metric}/mean"] == pytest.approx(sum(per_category) / 2, abs=1e-6)
+    assert "image_AUROC" in metrics  # anomalib's overall metrics are still there
