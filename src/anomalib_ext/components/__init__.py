@@ -2,17 +2,24 @@
 
 from .attention_gate import AttentionGate
 from .backbone import BackboneWeightsError, create_backbone, feature_shapes, pretrained_state_dict
+from .feature_jitter import FeatureJitter
+from .neighbor_attention import MaskedEncoderLayer, MaskedMultiheadAttention, QueryDecoderLayer, neighbor_mask
 from .pseudo_anomaly import make_pseudo_anomaly_generator, paper_augmenters
 from .reconstruction_student import ReconstructionStudent, UpResidualBlock
 
 __all__ = [
     "AttentionGate",
     "BackboneWeightsError",
+    "FeatureJitter",
+    "MaskedEncoderLayer",
+    "MaskedMultiheadAttention",
+    "QueryDecoderLayer",
     "ReconstructionStudent",
     "UpResidualBlock",
     "create_backbone",
     "feature_shapes",
     "make_pseudo_anomaly_generator",
+    "neighbor_mask",
     "paper_augmenters",
     "pretrained_state_dict",
 ]
