@@ -186,6 +186,9 @@ def distill_teacher(
         big, small = views()
         target = (target_net(big) - target_mean) / target_std
         prediction = pdn((small - pixel_mean) / pixel_std)
+        if prediction.shape != target.shape:  # mse_loss would silently broadcast
+            msg = f"PDN output {tuple(prediction.shape)} != target {tuple(target.shape)}: layers need strides 8 and 16."
+            raise ValueError(msg)
         loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
