@@ -24,7 +24,8 @@ def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
 
 
 def fit_and_test(model, datamodule, root: Path, max_epochs: int = 1, **kwargs: Any) -> dict[str, float]:
-    """Train for ``max_epochs`` and return the test metrics as floats."""
+    """Train for ``max_epochs`` and return the test metrics as floats (validating only after the last epoch)."""
+    kwargs.setdefault("check_val_every_n_epoch", max_epochs)
     engine = make_engine(root, max_epochs=max_epochs, **kwargs)
     engine.fit(model=model, datamodule=datamodule)
     results = engine.test(model=model, datamodule=datamodule, verbose=False)

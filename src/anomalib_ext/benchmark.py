@@ -174,6 +174,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         logger=False,
         callbacks=[EpochProgress()],
         enable_progress_bar=False,
+        check_val_every_n_epoch=args.epochs,  # validation is the test split: run it once, for the thresholds
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)

@@ -7,7 +7,8 @@ anomalib's. Extra sub-commands:
 
 - ``demo``: the offline end-to-end demo (train, test, export to OpenVINO, heatmaps);
 - ``benchmark``: train and test one model on one dataset and append a row to a Markdown table;
-- ``distill-teacher``: pretrain an EfficientAD teacher offline.
+- ``distill-teacher``: pretrain an EfficientAD teacher offline;
+- ``predict-folder``: score a folder of images with an exported OpenVINO model, robustly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ TOOLS: dict[str, str] = {
     "demo": "anomalib_ext.demo:main",
     "benchmark": "anomalib_ext.benchmark:main",
     "distill-teacher": "anomalib_ext.models.efficientad.teacher:main",
+    "predict-folder": "anomalib_ext.deploy:main",
 }
 
 
