@@ -58,3 +58,24 @@ def test_empty_folder_is_not_an_error(exported_model: Path, tmp_path: Path) -> N
 def test_missing_folder_is_named(exported_model: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         predict_folder(exported_model, tmp_path / "nowhere", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_predict_folder_command(exported_model: Path, tmp_path: Path) -> None:
+    """The command docs/deploy.md shows."""
+    import subprocess
+    import sys
+
+    folder = _messy_folder(tmp_path / "images")
+    command = [
+        str(Path(sys.executable).parent / "anomalib-ext"),
+        "predict-folder",
+        str(exported_model),
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped d_notes.txt" in result.stdout
+    assert "3 images scored" in result.stdout
