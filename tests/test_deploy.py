@@ -15,6 +15,12 @@ from anomalib_ext.deploy import export_openvino, predict_folder
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """anomalib's OpenVINOInferencer writes ./openvino_cache into the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained) RD4AD exported at 64 px: enough to exercise the deployment path."""
@@ -75,7 +81,7 @@ def test_predict_folder_command(exported_model: Path, tmp_path: Path) -> None:
         "--output",
         str(tmp_path / "out"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped d_notes.txt" in result.stdout
     assert "3 images scored" in result.stdout
