@@ -8,5 +8,7 @@ cd "$ROOT"
 echo "[test] ruff"
 "$VENV/bin/ruff" check src tests
 "$VENV/bin/ruff" format --check src tests
+echo "[test] mypy"
+"$VENV/bin/mypy" src/anomalib_ext
 echo "[test] pytest"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -73,7 +73,7 @@ def resolve_model_class(name: str) -> type:
 
 
 def build_model(
-    model_cls: type, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
+    model_cls: Any, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
 ) -> Any:
     """Instantiate ``model_cls`` offline at ``image_size``, with AUPRO in its evaluator."""
     from anomalib_ext.components.backbone import load_into, pretrained_state_dict

@@ -15,7 +15,7 @@ def quiet_exporter_logs() -> None:
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
-def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_size: int) -> dict[str, float]:
+def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_size: int) -> dict[str, Any]:
     """Export to OpenVINO and compare its anomaly maps and scores with eager torch on test images."""
     model = model.cpu().eval()
     path = export_openvino(model, export_root, image_size)

@@ -117,7 +117,10 @@ class ReconstructionStudent(nn.Module):
         self.stages = nn.ModuleList(
             make_stage(c_in, c_out) for c_in, c_out in zip(inputs, decode_channels, strict=True)
         )
-        self.gates = nn.ModuleList(AttentionGate(decode_channels[i], form) for i, form in enumerate(forms))
+        self.gates = nn.ModuleList(
+            AttentionGate(decode_channels[i], form)  # type: ignore[arg-type]
+            for i, form in enumerate(forms)
+        )
 
     def forward(self, x: torch.Tensor, teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Reconstruct ``teacher_features`` (shallow to deep) from ``x``; returns them in the same order.

@@ -42,7 +42,7 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
     """``ours`` (EfficientADModel with set statistics) or ``anomalib`` (EfficientAdModel with set statistics)."""
     torch.manual_seed(0)
     if kind == "ours":
-        model = EfficientADModel(model_size, image_size=image_size)
+        model = EfficientADModel(model_size, image_size=image_size)  # type: ignore[arg-type]
         model.set_teacher_statistics(torch.rand(384), torch.rand(384) + 0.5)
         model.set_map_quantiles(torch.tensor([0.1, 0.5]), torch.tensor([0.1, 0.5]))
     elif kind == "anomalib":

@@ -71,7 +71,7 @@ class DistillationTarget(nn.Module):
         pre_dim: int = 1024,
     ) -> None:
         super().__init__()
-        self.layers = list(layers or DEFAULT_LAYERS.get(backbone.partition(".")[0], ()))
+        self.layers = list(layers or DEFAULT_LAYERS.get(backbone.partition(".")[0]) or ())
         if not self.layers:
             msg = f"No default layers for backbone {backbone!r}: pass layers (two, of strides 8 and 16)."
             raise ValueError(msg)

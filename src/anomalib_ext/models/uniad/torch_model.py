@@ -135,7 +135,11 @@ class UniADModel(nn.Module):
         if len(self.mask_in) != 3:
             msg = "neighbor_mask_in takes three flags: (encoder, decoder memory attention, decoder previous attention)."
             raise ValueError(msg)
-        mask = neighbor_mask(self.grid_size, tuple(neighbor_size)) if any(self.mask_in) else torch.zeros(0, 0)
+        mask = (
+            neighbor_mask(self.grid_size, (int(neighbor_size[0]), int(neighbor_size[1])))
+            if any(self.mask_in)
+            else torch.zeros(0, 0)
+        )
         self.register_buffer("attention_mask", mask.bool(), persistent=False)
         self.anomaly_map_generator = AnomalyMapGenerator(pool_size)
         self._init_weights()
