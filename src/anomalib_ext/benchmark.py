@@ -18,6 +18,7 @@ CPU, and the hardware. A JSON file with the same numbers is written next to the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -26,7 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,28 @@ def resolve_model_class(name: str) -> type:
     raise ValueError(msg)
 
 
+@contextlib.contextmanager
+def weights_never_downloaded() -> Iterator[None]:
+    """Build anomalib models with every ``TimmFeatureExtractor`` at random init.
+
+    Some built-ins hard-code ``pre_trained=True`` (``STFPMModel``'s teacher), which asks the hub
+    inside ``__init__``; the weights are loaded from the local source right after construction.
+    """
+    from anomalib.models.components import feature_extractors
+
+    original = feature_extractors.TimmFeatureExtractor.__init__
+
+    def offline_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["pre_trained"] = False
+        original(self, *args, **kwargs)
+
+    feature_extractors.TimmFeatureExtractor.__init__ = offline_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        feature_extractors.TimmFeatureExtractor.__init__ = original  # type: ignore[method-assign]
+
+
 def build_model(
     model_cls: Any, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
 ) -> Any:
@@ -85,11 +108,10 @@ def build_model(
     if layers:
         kwargs.setdefault("layers", layers)
     frozen_attr = ANOMALIB_FROZEN_BACKBONE.get(model_cls.__name__)
-    if frozen_attr:
-        kwargs["pre_trained"] = False
     kwargs.setdefault("pre_processor", model_cls.configure_pre_processor(image_size=(image_size, image_size)))
     kwargs.setdefault("evaluator", default_evaluator())
-    model = model_cls(**kwargs)
+    with weights_never_downloaded() if frozen_attr else contextlib.nullcontext():
+        model = model_cls(**kwargs)
     if frozen_attr:
         extractor = getattr(model.model, frozen_attr)
         name = kwargs.get("backbone", "")
