@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from anomalib.engine import Engine
 
+from anomalib_ext.deploy import compile_openvino, openvino_outputs
+
 
 def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
     """A CPU engine that writes everything under ``root`` and logs nothing."""
@@ -32,15 +34,6 @@ def fit_and_test(model, datamodule, root: Path, max_epochs: int = 1, **kwargs: A
     return {key: float(value) for key, value in results[0].items()}
 
 
-def openvino_outputs(model_path: Path, image: torch.Tensor) -> dict[str, np.ndarray]:
-    """Run an OpenVINO IR on CPU and return its outputs by name."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(model_path), "CPU")
-    result = compiled(image.numpy())
-    return {output.get_any_name(): value for output, value in result.items()}
-
-
 def assert_openvino_parity(model, root: Path, input_size: tuple[int, int], atol: float = 1e-4) -> dict[str, np.ndarray]:
     """Export ``model`` to OpenVINO and check its map and score against eager torch on one image."""
     model.eval()
@@ -49,7 +42,7 @@ def assert_openvino_parity(model, root: Path, input_size: tuple[int, int], atol:
     image = torch.rand(1, 3, *input_size, generator=generator)
     with torch.no_grad():
         expected = model(image)
-    outputs = openvino_outputs(path, image)
+    outputs = openvino_outputs(compile_openvino(path), image.numpy())
     for name in ("anomaly_map", "pred_score"):
         reference = getattr(expected, name).detach().numpy()
         actual = outputs[name].reshape(reference.shape)

@@ -26,12 +26,17 @@ def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_siz
             image = image.unsqueeze(0).cpu()
             with torch.no_grad():
                 expected = model(image)
-            outputs = {out.get_any_name(): value for out, value in compiled(image.numpy()).items()}
+            outputs = openvino_outputs(compiled, image.numpy())
             worst_map = max(worst_map, float(np.abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max()))
             worst_score = max(
                 worst_score, float(np.abs(outputs["pred_score"].ravel() - expected.pred_score.numpy().ravel()).max())
             )
     return {"openvino_model": str(path), "max_map_difference": worst_map, "max_score_difference": worst_score}
+
+
+def openvino_outputs(compiled: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a compiled OpenVINO model on one array and return its outputs by name."""
+    return {output.get_any_name(): value for output, value in compiled(image).items()}
 
 
 def export_openvino(model: Any, export_root: Path, image_size: int) -> Path:
