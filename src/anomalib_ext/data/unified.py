@@ -104,24 +104,32 @@ class PerCategoryMetrics(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the batch rows of each category (the fields the metrics need)."""
+        """Keep the batch rows of each category (the fields the metrics need, and the image paths)."""
         del trainer, pl_module, outputs, batch_idx, dataloader_idx
         assert self.image_categories is not None
-        categories = [self.image_categories[str(path)] for path in batch.image_path]
+        paths = [str(path) for path in batch.image_path]
+        categories = [self.image_categories[path] for path in paths]
         for name in dict.fromkeys(categories):
-            index = torch.tensor([i for i, category in enumerate(categories) if category == name])
+            rows = [i for i, category in enumerate(categories) if category == name]
+            index = torch.tensor(rows)
             stored = self.outputs.setdefault(name, {})
+            stored.setdefault("image_path", []).extend(paths[i] for i in rows)
             for field in self.fields:
                 value = getattr(batch, field, None)
                 if isinstance(value, torch.Tensor):
                     stored.setdefault(field, []).append(value[index.to(value.device)].detach().cpu())
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log ``<metric>/<category>`` for each category and ``<metric>/mean`` over categories."""
-        del trainer
+        """Log ``<metric>/<category>`` for each category and ``<metric>/mean`` over categories.
+
+        Under a distributed strategy every rank first receives every rank's rows (images the
+        ``DistributedSampler`` repeated to even out the shards are counted once), so each rank
+        computes, on the whole test set, the numbers a single process would.
+        """
         per_metric: dict[str, list[torch.Tensor]] = {}
-        for name in sorted(self.outputs):
-            fields = {field: torch.cat(values) for field, values in self.outputs[name].items()}
+        gathered = _gather_rows(self.outputs, getattr(trainer, "world_size", 1))
+        for name in sorted(gathered):
+            fields = gathered[name]
             for field in self.score_fields:
                 if field in fields:
                     fields[field] = _min_max(fields[field])
@@ -129,6 +137,7 @@ class PerCategoryMetrics(Callback):
                 if any(field not in fields for field in template.fields):
                     continue  # e.g. pixel metrics without masks
                 metric = copy.deepcopy(template)
+                metric.distributed_available_fn = _not_distributed  # the rows are already complete
                 metric.update(SimpleNamespace(**fields))
                 value = metric.compute().detach().float().cpu()
                 pl_module.log(f"{metric.name}/{name}", value)
@@ -141,6 +150,31 @@ class PerCategoryMetrics(Callback):
     def results(self) -> dict[str, dict[str, float]]:
         """``{category: {metric: value}}`` of the last test run (for scripts and tables)."""
         return self.values
+
+
+def _not_distributed() -> bool:
+    return False
+
+
+def _gather_rows(outputs: dict[str, dict[str, list[Any]]], world_size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Concatenate each category's rows, across ranks when distributed, one row per image path."""
+    shards = [outputs]
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        shards = [{} for _ in range(world_size)]
+        torch.distributed.all_gather_object(shards, outputs)
+    merged: dict[str, dict[str, torch.Tensor]] = {}
+    for name in sorted({category for shard in shards for category in shard}):
+        paths: list[str] = []
+        tensors: dict[str, list[torch.Tensor]] = {}
+        for shard in shards:
+            stored = shard.get(name, {})
+            paths.extend(stored.get("image_path", []))
+            for field, values in stored.items():
+                if field != "image_path":
+                    tensors.setdefault(field, []).extend(values)
+        first = sorted({path: i for i, path in reversed(list(enumerate(paths)))}.values())
+        merged[name] = {field: torch.cat(values)[first] for field, values in tensors.items()}
+    return merged
 
 
 def _min_max(values: torch.Tensor) -> torch.Tensor:

@@ -163,14 +163,21 @@ class EfficientADOffline(AnomalibModule):
             seen += len(images)
             yield self.pre_processor.transform(images) if self.pre_processor else images
 
+    def _full_loader(self, dataset: Any) -> DataLoader:
+        """All of ``dataset`` in order, on every rank (not the trainer's sharded, shuffled loader).
+
+        The statistics taken from it are then the same on every DDP rank and equal to a single
+        process's, instead of each rank's shard (and DDP broadcasting rank 0's).
+        """
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
+
     def _holdout_loader(self) -> DataLoader:
         if self._holdout is not None:
-            holdout = self._holdout
-        else:  # trained from bare dataloaders: nothing could be held out
-            logger.warning("EfficientADOffline: no held-out training images; map quantiles use the training images.")
-            holdout = self.trainer.train_dataloader.dataset
-        batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
-        return DataLoader(holdout, batch_size=batch_size, shuffle=False, collate_fn=holdout.collate_fn)
+            return self._full_loader(self._holdout)
+        # trained from bare dataloaders: nothing could be held out
+        logger.warning("EfficientADOffline: no held-out training images; map quantiles use the training images.")
+        return self._full_loader(self.trainer.train_dataloader.dataset)
 
     def _penalty_batch(self, image_size: int) -> torch.Tensor:
         if self._penalty is None:
@@ -188,12 +195,12 @@ class EfficientADOffline(AnomalibModule):
     # ---------------------------------------------------------------- statistics
     @torch.no_grad()
     def compute_teacher_statistics(self) -> None:
-        """Teacher channel mean/std over the training images (reproduction's ``teacher_normalization``)."""
+        """Teacher channel mean/std over all training images (reproduction's ``teacher_normalization``)."""
         if self.teacher_stats == "file" and self._file_stats is not None:
             mean, std = self._file_stats
         else:
             model = self.model
-            images = self._images(self.trainer.train_dataloader, self.max_stat_images)
+            images = self._images(self._full_loader(self.trainer.train_dataloader.dataset), self.max_stat_images)
             outputs = (model.teacher(model.normalize_input(x)) for x in images)
             mean, std = channel_statistics(outputs)
         self.model.set_teacher_statistics(mean.to(self.device), std.to(self.device))

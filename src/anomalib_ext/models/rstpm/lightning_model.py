@@ -38,6 +38,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Resize
@@ -159,6 +160,21 @@ class RSTPM(AnomalibModule):
     def stage(self) -> int:
         """1 while the students train, 2 while the discriminator trains; a function of ``current_epoch``."""
         return 1 if self.current_epoch < self.stage1_epochs else 2
+
+    def setup(self, stage: str | None = None) -> None:
+        """Under DDP, let the reducer skip the parameters a stage does not train.
+
+        Stage 1 leaves the discriminator without gradients and stage 2 the students, which plain
+        ``--trainer.strategy ddp`` (``find_unused_parameters=False``) rejects. Set before the
+        strategy wraps the module, so ``ddp`` works as it does for the other models.
+        """
+        del stage
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
+            if not ddp_kwargs.get("find_unused_parameters", False):
+                logger.info("RSTPM: enabling DDP find_unused_parameters (each stage trains only part of the model).")
+            ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_start(self) -> None:
         """Warn when the trainer would stop before (or run past) the end of stage 2."""

@@ -1,0 +1,187 @@
+"""Train and test one tiny model under Lightning's DDP strategy on CPU (gloo) and record each rank's state.
+
+Run as a script (Lightning's DDP launcher re-executes this command line once per extra rank)::
+
+    python tests/ddp_worker.py --model rd4ad --data DIR --out DIR --devices 2
+
+Each rank writes ``rank<r>.json``: a digest of every parameter and buffer after training, the
+model-specific state that must agree across ranks (EfficientAD's teacher statistics and map
+quantiles, RSTPM's stage per epoch), and the test metrics. With ``--devices 2``, rank 0 then
+tears the process group down and tests the same weights in a single process, so the test can
+check that the distributed metrics equal the single-process ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+
+SIZE = 64
+LITE0_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+
+
+def build(name: str, teacher: str | None) -> Any:
+    """The smallest configuration of each model that still runs its whole training logic."""
+    from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
+
+    if name == "rd4ad":
+        return RD4AD(
+            backbone="efficientnet_lite0",
+            layers=LITE0_LAYERS,
+            pre_processor=RD4AD.configure_pre_processor((SIZE, SIZE)),
+            visualizer=False,
+        )
+    if name == "rstpm":
+        return RSTPM(
+            teacher1="efficientnet_lite0",
+            teacher2="efficientnet_lite0",
+            layers1=(*LITE0_LAYERS, "blocks.6"),
+            layers2=LITE0_LAYERS,
+            discriminator_width=8,
+            stage1_epochs=1,
+            stage2_epochs=1,
+            pre_processor=RSTPM.configure_pre_processor((SIZE, SIZE)),
+            visualizer=False,
+        )
+    if name == "uniad":
+        return UniAD(
+            backbone="efficientnet_lite0",
+            input_size=(SIZE, SIZE),
+            hidden_dim=32,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            num_heads=4,
+            dim_feedforward=64,
+            neighbor_size=(3, 3),
+            visualizer=False,
+        )
+    if name == "efficientad":
+        return EfficientADOffline(teacher_weights=teacher, image_size=128, visualizer=False)
+    raise ValueError(name)
+
+
+def digest(module: torch.nn.Module) -> dict[str, float]:
+    """Sum and sum of squares of each floating tensor: equal across ranks iff the weights are."""
+    return {
+        key: [float(value.double().sum()), float(value.double().pow(2).sum())]
+        for key, value in module.state_dict().items()
+        if value.is_floating_point()
+    }
+
+
+def efficientad_statistics(model: Any, data: Any) -> dict[str, float]:
+    """Largest gap between the trained statistics and the same statistics recomputed in one process."""
+    from torch.utils.data import DataLoader
+
+    from anomalib_ext.models.efficientad.teacher import channel_statistics
+
+    net = model.model.eval()
+    trained = {name: getattr(net, name).clone() for name in ("teacher_mean", "teacher_std", "q_st", "q_ae")}
+    loader = DataLoader(data.train_data, batch_size=4, collate_fn=data.train_data.collate_fn)
+    with torch.no_grad():
+        mean, std = channel_statistics(
+            net.teacher(net.normalize_input(model.pre_processor.transform(b.image))) for b in loader
+        )
+        model.compute_map_quantiles()  # from the held-out training images, as at the end of fit
+    expected = {"teacher_mean": mean, "teacher_std": std, "q_st": net.q_st, "q_ae": net.q_ae}
+    gaps = {name: float((trained[name] - expected[name].reshape(trained[name].shape)).abs().max()) for name in trained}
+    gaps["train_images"] = len(data.train_data)
+    gaps["holdout_images"] = len(model._holdout)
+    return gaps
+
+
+class StagesSeen(Callback):
+    """Record RSTPM's stage at the start of every training epoch."""
+
+    def __init__(self) -> None:
+        self.stages: list[int] = []
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if hasattr(pl_module, "stage"):
+            self.stages.append(int(pl_module.stage))
+
+
+def datamodule(args: argparse.Namespace) -> Any:
+    from anomalib_ext.data import MVTecStyle, UnifiedMultiClass
+
+    options = {"image_size": SIZE, "train_batch_size": 4, "eval_batch_size": 2, "num_workers": 0}
+    if args.model == "efficientad":
+        options["image_size"] = 128
+    if args.unified:
+        return UnifiedMultiClass(args.data, **options)
+    return MVTecStyle(Path(args.data) / "brick", **options)
+
+
+def per_category(trainer: Trainer) -> dict[str, dict[str, float]]:
+    from anomalib_ext.data import PerCategoryMetrics
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, PerCategoryMetrics):
+            return callback.results()
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--teacher", default=None)
+    parser.add_argument("--unified", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seed_everything(0, workers=True)
+    model = build(args.model, args.teacher)
+    data = datamodule(args)
+    stages = StagesSeen()
+    engine = Engine(
+        default_root_dir=args.out / "run",
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[stages],
+    )
+    engine.fit(model=model, datamodule=data)
+    metrics = engine.test(model=model, datamodule=data, verbose=False)[0]
+    rank = engine.trainer.global_rank
+    record: dict[str, Any] = {
+        "world_size": engine.trainer.world_size,
+        "digest": digest(model.model),
+        "stages": stages.stages,
+        "metrics": {key: float(value) for key, value in metrics.items()},
+        "per_category": per_category(engine.trainer),
+    }
+    if args.devices > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        if rank == 0:  # the same weights, tested in one process
+            single = Engine(
+                default_root_dir=args.out / "single",
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_progress_bar=False,
+            )
+            reference = single.test(model=model, datamodule=datamodule(args), verbose=False)[0]
+            record["single_process_metrics"] = {key: float(value) for key, value in reference.items()}
+            record["single_process_per_category"] = per_category(single.trainer)
+            if args.model == "efficientad":
+                record["efficientad"] = efficientad_statistics(model, data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"rank{rank}.json").write_text(json.dumps(record, indent=1))
+    print(f"rank {rank} (pid {os.getpid()}) wrote {args.out / f'rank{rank}.json'}")
+
+
+if __name__ == "__main__":
+    main()
