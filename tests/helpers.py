@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from anomalib.engine import Engine
 
-from anomalib_ext.deploy import compile_openvino, openvino_outputs
+from anomalib_ext.deploy import ExportedModel
 
 
 def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
@@ -42,7 +42,7 @@ def assert_openvino_parity(model, root: Path, input_size: tuple[int, int], atol:
     image = torch.rand(1, 3, *input_size, generator=generator)
     with torch.no_grad():
         expected = model(image)
-    outputs = openvino_outputs(compile_openvino(path), image.numpy())
+    outputs = ExportedModel(path)(image.numpy())
     for name in ("anomaly_map", "pred_score"):
         reference = getattr(expected, name).detach().numpy()
         actual = outputs[name].reshape(reference.shape)

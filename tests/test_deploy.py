@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from anomalib_ext import RD4AD
-from anomalib_ext.deploy import export_openvino, predict_folder
+from anomalib_ext.deploy import ExportedModel, InputSizeError, export_openvino, predict_folder
+from anomalib_ext.plugins import DeviceSafeCheckpointIO
 
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
 
@@ -85,3 +86,92 @@ def test_predict_folder_command(exported_model: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped d_notes.txt" in result.stdout
     assert "3 images scored" in result.stdout
+
+
+def test_exported_size_is_enforced_with_a_clear_error(exported_model: Path) -> None:
+    """An export at 64 px names its size and the fix for a 96 px image, instead of OpenVINO's shape trace."""
+    model = ExportedModel(exported_model)
+    assert model.input_size == (64, 64)
+    assert model(np.zeros((1, 3, 64, 64), np.float32))["anomaly_map"].shape[-2:] == (64, 64)
+    with pytest.raises(InputSizeError, match=r"exported for 64x64 images; got 96x96.*Resize to 64x64"):
+        model(np.zeros((1, 3, 96, 96), np.float32))
+    with pytest.raises(InputSizeError, match=r"\(batch, 3, height, width\)"):
+        model(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(FileNotFoundError, match=r"missing\.xml"):
+        ExportedModel(exported_model.parent / "missing.xml")
+
+
+@pytest.fixture(scope="module")
+def trained_rd4ad(texture_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """RD4AD fitted for one epoch on the tiny brick set, with its checkpoint."""
+    from anomalib_ext.data import MVTecStyle
+    from tests.helpers import make_engine
+
+    root = tmp_path_factory.mktemp("rd4ad_fit")
+    datamodule = MVTecStyle(texture_root / "brick", image_size=64, train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = RD4AD(**LITE0, pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)), visualizer=False)
+    engine = make_engine(root)
+    engine.fit(model=model, datamodule=datamodule)
+    return model, datamodule, Path(engine.trainer.checkpoint_callback.best_model_path)
+
+
+@pytest.mark.slow
+def test_int8_export_is_quantized_and_close_to_fp32(trained_rd4ad, tmp_path: Path) -> None:
+    """NNCF INT8 (calibrated on training images) really quantises, and keeps the maps close to fp32."""
+    model, datamodule, _ = trained_rd4ad
+    fp32 = ExportedModel(export_openvino(model, tmp_path, 64))
+    with pytest.raises(ValueError, match="calibration"):
+        export_openvino(model, tmp_path, 64, precision="int8")
+    int8_path = export_openvino(model, tmp_path, 64, precision="int8", calibration=datamodule.train_dataloader())
+    assert int8_path.name == "model_int8.xml"
+    assert "FakeQuantize" in int8_path.read_text(), "no quantisation nodes: NNCF did not quantise"
+    int8 = ExportedModel(int8_path)
+    batch = next(iter(datamodule.test_dataloader()))
+    images = batch.image.numpy()
+    maps32, maps8 = fp32(images)["anomaly_map"].ravel(), int8(images)["anomaly_map"].ravel()
+    assert np.corrcoef(maps32, maps8)[0, 1] > 0.9
+    weights_only = ExportedModel(export_openvino(model, tmp_path, 64, precision="int8-weights"))
+    assert np.corrcoef(maps32, weights_only(images)["anomaly_map"].ravel())[0, 1] > 0.98
+    # anomalib's inferencer and the folder predictor take the INT8 model as they take the fp32 one
+    rows = predict_folder(int8_path, texture_root_images(datamodule), tmp_path / "out", overlays=False)
+    assert rows and all(np.isfinite(row["score"]) for row in rows)
+
+
+def texture_root_images(datamodule) -> Path:
+    """The folder of the brick set's test images of one defect type."""
+    return Path(datamodule.root) / "test" / "scratch"
+
+
+def test_checkpoint_saved_on_gpu_loads_on_cpu(trained_rd4ad, tmp_path: Path) -> None:
+    """A checkpoint whose tensors are tagged ``cuda:0`` (as saved on a GPU) tests on a CPU-only machine."""
+    import torch
+
+    from tests.helpers import make_engine
+
+    model, datamodule, checkpoint = trained_rd4ad
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    gpu_checkpoint = tmp_path / "trained_on_gpu.ckpt"
+    save_as_if_on_gpu(state, gpu_checkpoint)
+    if not torch.cuda.is_available():  # the file really is a GPU checkpoint: plain torch.load refuses it here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(gpu_checkpoint, weights_only=False)
+    restored = RD4AD.load_from_checkpoint(gpu_checkpoint, map_location=None)
+    assert next(restored.parameters()).device.type == "cpu"
+    torch.testing.assert_close(restored.state_dict(), model.cpu().state_dict())
+    # anomalib 2.7's own checkpoint IO loads with map_location=None and fails here; ours maps to the CPU
+    engine = make_engine(tmp_path, plugins=[DeviceSafeCheckpointIO()])
+    metrics = engine.test(model=RD4AD(**LITE0), datamodule=datamodule, ckpt_path=gpu_checkpoint, verbose=False)
+    assert 0.0 <= metrics[0]["image_AUROC"] <= 1.0
+
+
+def save_as_if_on_gpu(state: dict, path: Path) -> None:
+    """``torch.save`` with every storage's location tagged ``cuda:0`` (what a GPU run writes)."""
+    import torch
+
+    registry = torch.serialization._package_registry
+    entry = (-1, lambda _storage: "cuda:0", lambda _storage, _location: None)
+    registry.insert(0, entry)
+    try:
+        torch.save(state, path)
+    finally:
+        registry.remove(entry)

@@ -157,9 +157,9 @@ def measure_latency(model: Any, image_size: int, export_root: Path, device: str)
         torch_ms = median_ms(lambda: model(image))
     model = model.cpu()
     try:
-        from anomalib_ext.deploy import compile_openvino, export_openvino
+        from anomalib_ext.deploy import ExportedModel, export_openvino
 
-        compiled = compile_openvino(export_openvino(model, export_root, image_size))
+        compiled = ExportedModel(export_openvino(model, export_root, image_size))
         array = image.cpu().numpy()
         ov_ms: float | None = median_ms(lambda: compiled(array))
     except Exception as error:  # export problems are reported in the row, not fatal to the benchmark
