@@ -26,3 +26,24 @@ def test_builtins_get_local_imagenet_weights_without_the_hub(name: str, attribut
 def test_unknown_model_name_is_reported() -> None:
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):
         resolve_model_class("Nope")
+
+
+def test_heatmap_grid_and_accuracy_plot_validate_and_draw(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from anomalib_ext.plots import accuracy_vs_latency, heatmap_grid
+
+    images = np.random.default_rng(0).random((3, 3, 32, 32))
+    masks = np.zeros((3, 32, 32))
+    maps = {"A": np.random.default_rng(1).random((3, 32, 32)), "B": np.ones((3, 32, 32))}  # constant maps draw too
+    grid = heatmap_grid(images, masks, maps, tmp_path / "grid.png")
+    with Image.open(grid) as picture:
+        assert picture.width > picture.height  # 3 rows, 4 columns
+    with pytest.raises(ValueError, match="B: 2 maps for 3 images"):
+        heatmap_grid(images, None, {"B": np.ones((2, 32, 32))}, tmp_path / "bad.png")
+    records = [
+        {"model": "A", "image AUROC": 0.9, "torch_ms": 3.0, "openvino_ms": 2.0},
+        {"model": "B", "image AUROC": 0.7, "torch_ms": 10.0, "openvino_ms": None},
+    ]
+    assert accuracy_vs_latency(records, tmp_path / "acc.png").is_file()

@@ -98,14 +98,20 @@ def test_cli_help_lists_our_tools(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_benchmark_appends_a_measured_row(texture_root: Path, tmp_path: Path) -> None:
+def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path: Path) -> None:
+    """One command: ours and an anomalib built-in on the same data, a row each, and both figures."""
     from anomalib_ext.benchmark import main
 
     table = tmp_path / "bench.md"
     table.write_text("# Benchmarks\n\n## Other\n\n| a |\n|---|\n| 1 |\n")
     args = [
-        "--model",
+        "--models",
         "RD4AD",
+        "Padim",
+        "--model-args",
+        '{"Padim": {"n_features": 50}}',
+        "--plots",
+        str(tmp_path / "plots"),
         "--data",
         str(texture_root / "grass"),
         "--backbone",
@@ -137,7 +143,14 @@ def test_benchmark_appends_a_measured_row(texture_root: Path, tmp_path: Path) ->
     assert cells[1:5] == ["grass", "efficientnet_lite0", "64", "1"]
     assert all(0.0 <= float(value) <= 100.0 for value in cells[5:8])
     assert cells[9].endswith("ms (CPU)") and cells[10].endswith("ms")
-    assert (tmp_path / "work" / "benchmark.json").is_file()
+    assert any(line.startswith("| Padim | grass |") for line in text.splitlines())
+    assert (tmp_path / "work" / "RD4AD" / "benchmark.json").is_file()
+    assert (tmp_path / "work" / "Padim" / "benchmark.json").is_file()
+    from PIL import Image
+
+    for name in ("heatmaps.png", "accuracy_vs_latency.png"):
+        with Image.open(tmp_path / "plots" / name) as image:
+            assert image.width > 300 and image.height > 200
 
 
 @pytest.mark.slow

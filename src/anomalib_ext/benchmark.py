@@ -178,7 +178,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     seed_everything(args.seed, workers=True)
     model_cls = resolve_model_class(args.model)
-    model = build_model(model_cls, args.backbone, args.layers, args.image_size, json.loads(args.model_args))
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = MVTecStyle(
         args.data,
         image_size=args.image_size,
@@ -219,12 +219,54 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "OpenVINO CPU latency": f"{ov_ms:.1f} ms" if ov_ms is not None else "export failed",
         "hardware": hardware(),
         "date": dt.date.today().isoformat(),
+        "torch_ms": torch_ms,
+        "openvino_ms": ov_ms,
         "metrics": metrics,
         "args": vars(args),
     }
-    (work / "benchmark.json").write_text(json.dumps(row, indent=2, default=str))
-    print(json.dumps({k: v for k, v in row.items() if k != "args"}, indent=2, default=str))
+    if args.plots:
+        row["_grid"] = grid_maps(model, datamodule, args.grid_images)
+    saved = {k: v for k, v in row.items() if not k.startswith("_")}
+    (work / "benchmark.json").write_text(json.dumps(saved, indent=2, default=str))
+    print(json.dumps({k: v for k, v in saved.items() if k != "args"}, indent=2, default=str))
     return row
+
+
+def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``--model-args``: one JSON object for every model, or ``{"RD4AD": {...}, "Padim": {...}}`` per model."""
+    extra = json.loads(args.model_args)
+    if args.model in extra and isinstance(extra[args.model], dict):
+        return extra[args.model]
+    if extra and all(isinstance(value, dict) for value in extra.values()):
+        return {}  # per-model arguments, none for this model
+    return extra
+
+
+def grid_maps(model: Any, datamodule: Any, count: int) -> dict[str, Any]:
+    """The model's anomaly maps on ``count`` test images spread over the (sorted, fixed) test set."""
+    import numpy as np
+
+    dataset = datamodule.test_data
+    indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist()
+    batch = dataset.collate_fn([dataset[i] for i in indices])
+    model = model.cpu().eval()
+    with torch.no_grad():
+        maps = model(batch.image).anomaly_map
+    masks = batch.gt_mask.float().numpy() if batch.gt_mask is not None else None
+    return {"images": batch.image.numpy(), "masks": masks, "maps": maps.reshape(len(indices), *maps.shape[-2:]).numpy()}
+
+
+def write_plots(rows: list[dict[str, Any]], folder: Path, title: str) -> list[Path]:
+    """``heatmaps.png`` (every model on the same test images) and ``accuracy_vs_latency.png``."""
+    from anomalib_ext.plots import accuracy_vs_latency, heatmap_grid
+
+    written = [accuracy_vs_latency(rows, folder / "accuracy_vs_latency.png", title)]
+    grids = [row for row in rows if "_grid" in row]
+    if grids:
+        first = grids[0]["_grid"]
+        maps = {row["model"]: row["_grid"]["maps"] for row in grids}
+        written.append(heatmap_grid(first["images"], first["masks"], maps, folder / "heatmaps.png", title))
+    return written
 
 
 def format_cell(value: Any) -> str:
@@ -257,7 +299,14 @@ def append_row(path: Path, section: str, row: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="anomalib-ext benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="RD4AD, RSTPM, Padim, Patchcore, Stfpm, ... or a class path")
+    parser.add_argument(
+        "--model",
+        "--models",
+        dest="models",
+        nargs="+",
+        required=True,
+        help="one or more of RD4AD, RSTPM, UniAD, EfficientADOffline, Padim, Patchcore, Stfpm, ... or class paths",
+    )
     parser.add_argument("--data", required=True, help="MVTec-style folder, e.g. ../shared/datasets/mtd")
     parser.add_argument("--backbone", default=None, help="timm backbone, e.g. efficientnet_lite0")
     parser.add_argument("--layers", nargs="*", default=None, help="backbone layers, e.g. blocks.1 blocks.2 blocks.4")
@@ -271,15 +320,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=None, help="where checkpoints, exports and benchmark.json go")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to append the row to")
     parser.add_argument("--section", default="Results", help="section title in --output")
+    parser.add_argument("--plots", type=Path, default=None, help="folder for heatmaps.png and accuracy_vs_latency.png")
+    parser.add_argument("--grid-images", type=int, default=6, help="test images in the heat-map grid")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    row = run_benchmark(args)
-    if args.output:
-        append_row(args.output, args.section, row)
-        print(f"Appended to {args.output} under '## {args.section}'.")
+    rows = []
+    for name in args.models:  # one after the other, same data, backbone, size, epochs and seed
+        run_args = argparse.Namespace(**{**vars(args), "model": name})
+        if len(args.models) > 1:
+            run_args.label = None
+            run_args.work_dir = str(Path(args.work_dir) / name) if args.work_dir else None
+        row = run_benchmark(run_args)
+        rows.append(row)
+        if args.output:
+            append_row(args.output, args.section, row)
+            print(f"Appended to {args.output} under '## {args.section}'.")
+    if args.plots:
+        title = f"{Path(args.data).name}, {args.backbone or 'default backbones'}, {args.image_size} px, {args.epochs} epochs"
+        for path in write_plots(rows, args.plots, title):
+            print(f"Wrote {path}")
     return 0
 
 
