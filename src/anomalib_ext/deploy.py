@@ -141,7 +141,7 @@ def _quantize_int8(
         quantized = nncf.compress_weights(model)
     else:
         assert calibration is not None
-        batches = [_as_array(batch) for batch in _first_images(calibration, count)]
+        batches = _first_images(calibration, count)
         ignored = nncf.IgnoredScope(names=map_smoothing_convolutions(model), validate=False)
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=ignored)
         logging.getLogger(__name__).info("INT8: calibrated on %d images", sum(len(b) for b in batches))
@@ -167,18 +167,14 @@ def map_smoothing_convolutions(model: Any) -> list[str]:
     return names
 
 
-def _as_array(batch: Any) -> np.ndarray:
-    tensor = getattr(batch, "image", batch)
-    return tensor.cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
-
-
-def _first_images(batches: Iterable[Any], count: int) -> list[Any]:
-    """Whole batches from ``batches`` until ``count`` images are collected (at least one batch)."""
-    taken: list[Any] = []
+def _first_images(batches: Iterable[Any], count: int) -> list[np.ndarray]:
+    """Image arrays of whole batches (anomalib batches or tensors) until ``count`` images are collected."""
+    taken: list[np.ndarray] = []
     seen = 0
     for batch in batches:
-        taken.append(batch)
-        seen += len(getattr(batch, "image", batch))
+        images = getattr(batch, "image", batch)
+        taken.append(images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images))
+        seen += len(taken[-1])
         if seen >= count:
             break
     if not taken:

@@ -21,11 +21,7 @@ def heatmap_grid(
             min-max scaled over that model's N maps, so models with different score ranges compare.
         target: PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if images.ndim != 4 or images.shape[1] != 3:
         msg = f"images must be (N, 3, H, W); got {images.shape}"
         raise ValueError(msg)
@@ -61,11 +57,7 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
     Each record needs ``model``, ``image AUROC`` (0-1) and ``torch_ms``; ``openvino_ms`` adds a
     second marker for the OpenVINO CPU latency of the same model.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for record in records:
         auroc = 100 * float(record["image AUROC"])
@@ -88,14 +80,23 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
     return _save(figure, target)
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _min_max(values: np.ndarray) -> np.ndarray:
     low, high = values.min(), values.max()
     return (values - low) / max(high - low, 1e-12)
 
 
 def _save(figure: Any, target: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=110)

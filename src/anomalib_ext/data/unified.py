@@ -172,8 +172,11 @@ def _gather_rows(outputs: dict[str, dict[str, list[Any]]], world_size: int) -> d
             for field, values in stored.items():
                 if field != "image_path":
                     tensors.setdefault(field, []).extend(values)
-        first = sorted({path: i for i, path in reversed(list(enumerate(paths)))}.values())
-        merged[name] = {field: torch.cat(values)[first] for field, values in tensors.items()}
+        first: dict[str, int] = {}  # path -> its first row (the sampler's repeats come later)
+        for row, path in enumerate(paths):
+            first.setdefault(path, row)
+        keep = list(first.values())
+        merged[name] = {field: torch.cat(values)[keep] for field, values in tensors.items()}
     return merged
 
 
