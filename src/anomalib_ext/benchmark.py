@@ -99,7 +99,7 @@ def build_model(
     model_cls: Any, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
 ) -> Any:
     """Instantiate ``model_cls`` offline at ``image_size``, with AUPRO in its evaluator."""
-    from anomalib_ext.components.backbone import load_into, pretrained_state_dict
+    from anomalib_ext.components.backbone import check_backbone_name, load_into, pretrained_state_dict
     from anomalib_ext.components.evaluation import default_evaluator
 
     kwargs = dict(extra)
@@ -108,6 +108,11 @@ def build_model(
     if layers:
         kwargs.setdefault("layers", layers)
     frozen_attr = ANOMALIB_FROZEN_BACKBONE.get(model_cls.__name__)
+    if frozen_attr and "backbone" in kwargs:
+        # anomalib's extractor feeds its backbone the pre-processor's output directly: build the
+        # network the weights belong to, and normalise the way it was trained
+        kwargs["backbone"] = check_backbone_name(kwargs["backbone"])
+        kwargs.setdefault("pre_processor", builtin_pre_processor(kwargs["backbone"], image_size))
     kwargs.setdefault("pre_processor", model_cls.configure_pre_processor(image_size=(image_size, image_size)))
     kwargs.setdefault("evaluator", default_evaluator())
     with weights_never_downloaded() if frozen_attr else contextlib.nullcontext():
@@ -117,6 +122,32 @@ def build_model(
         name = kwargs.get("backbone", "")
         load_into(extractor.feature_extractor, pretrained_state_dict(name), name)
     return model
+
+
+def model_backbone(model: Any, requested: str | None) -> str:
+    """The backbone(s) ``model`` was built with, from its hyper-parameters, else what was asked for.
+
+    A row must never name the model class as its backbone: when neither is known, say so.
+    """
+    hparams = dict(getattr(model, "hparams", {}))
+    names = [str(hparams[key]) for key in ("backbone", "teacher1", "teacher2") if hparams.get(key)]
+    if not names and requested:
+        names = [requested]
+    from anomalib_ext.components.backbone import split_timm_name
+
+    resolved = [".".join(filter(None, split_timm_name(name))) for name in dict.fromkeys(names)]
+    return " + ".join(resolved) if resolved else "model default"
+
+
+def builtin_pre_processor(backbone: str, image_size: int) -> Any:
+    """Resize and normalise with ``backbone``'s own statistics (TF EfficientNet-Lite: (x - 127) / 128)."""
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    from anomalib_ext.components.backbone import backbone_normalisation
+
+    mean, std = backbone_normalisation(backbone)
+    return PreProcessor(transform=Compose([Resize((image_size, image_size), antialias=True), Normalize(mean, std)]))
 
 
 def hardware() -> str:
@@ -149,8 +180,10 @@ def median_ms(run: Callable[[], object], repeats: int = 20, warmup: int = 3) -> 
     return statistics.median(times)
 
 
-def measure_latency(model: Any, image_size: int, export_root: Path, device: str) -> tuple[float, float | None]:
-    """Batch-1 latency of the full inference graph: eager torch on ``device``, OpenVINO on CPU."""
+def measure_latency(
+    model: Any, image_size: int, export_root: Path, device: str, precision: str = "f32"
+) -> tuple[float, float | None]:
+    """Batch-1 latency of the full inference graph: eager torch on ``device``, OpenVINO on CPU at ``precision``."""
     model = model.to(device).eval()
     image = torch.rand(1, 3, image_size, image_size, device=device)
     with torch.no_grad():
@@ -159,7 +192,7 @@ def measure_latency(model: Any, image_size: int, export_root: Path, device: str)
     try:
         from anomalib_ext.deploy import ExportedModel, export_openvino
 
-        compiled = ExportedModel(export_openvino(model, export_root, image_size))
+        compiled = ExportedModel(export_openvino(model, export_root, image_size), precision=precision)
         array = image.cpu().numpy()
         ov_ms: float | None = median_ms(lambda: compiled(array))
     except Exception as error:  # export problems are reported in the row, not fatal to the benchmark
@@ -203,12 +236,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
     torch_ms, ov_ms = measure_latency(
-        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu"
+        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu", args.precision
     )
     row = {
         "model": args.label or model_cls.__name__,
         "dataset": Path(args.data).name,
-        "backbone": args.backbone or getattr(model_cls, "__name__", ""),
+        "backbone": model_backbone(model, args.backbone),
         "size": args.image_size,
         "epochs": args.epochs,
         "image AUROC": metrics.get("image_AUROC"),
@@ -216,7 +249,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "AUPRO": metrics.get("pixel_AUPRO"),
         "train time": f"{train_seconds / 60:.1f} min",
         "torch latency": f"{torch_ms:.1f} ms ({'GPU' if accelerator == 'gpu' else 'CPU'})",
-        "OpenVINO CPU latency": f"{ov_ms:.1f} ms" if ov_ms is not None else "export failed",
+        "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
         "hardware": hardware(),
         "date": dt.date.today().isoformat(),
         "torch_ms": torch_ms,
@@ -322,6 +355,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--section", default="Results", help="section title in --output")
     parser.add_argument("--plots", type=Path, default=None, help="folder for heatmaps.png and accuracy_vs_latency.png")
     parser.add_argument("--grid-images", type=int, default=6, help="test images in the heat-map grid")
+    parser.add_argument(
+        "--precision",
+        choices=("f32", "bf16", "f16"),
+        default="f32",
+        help="OpenVINO inference precision for the latency column (default f32, the same on every CPU)",
+    )
     return parser.parse_args(argv)
 
 

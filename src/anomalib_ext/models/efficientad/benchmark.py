@@ -102,13 +102,15 @@ def torch_runner(model: nn.Module, images: torch.Tensor, mode: str) -> Callable[
     return run
 
 
-def openvino_runner(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
-    """Convert to OpenVINO (FP32) and compile for CPU."""
+def openvino_runner(model: nn.Module, images: torch.Tensor, precision: str = "f32") -> Callable[[], object]:
+    """Convert to OpenVINO and compile for CPU at an explicit inference precision (f32 unless asked)."""
     import openvino as ov
+
+    from anomalib_ext.deploy import compile_openvino
 
     with torch.no_grad():
         converted = ov.convert_model(model.cpu(), example_input=images.cpu())
-    compiled = ov.Core().compile_model(converted, "CPU")
+    compiled = compile_openvino(converted, "CPU", precision)
     array = images.cpu().numpy()
     return lambda: compiled(array)
 

@@ -1,0 +1,82 @@
+"""OpenVINO runs at the precision we ask for, on every CPU: f32 by default, bf16 only when asked.
+
+OpenVINO's CPU plugin defaults to bf16 on CPUs with AVX-512 BF16 or AMX and to f32 elsewhere, so
+an unhinted parity check passes on one machine and fails on the next. These tests hold on both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_ext import RD4AD
+from anomalib_ext.deploy import ExportedModel, compile_openvino, compiled_precision, export_openvino
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "anomalib_ext"
+RUNTIME = SRC / "deploy" / "runtime.py"
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[RD4AD, Path]:
+    model = RD4AD(
+        backbone="efficientnet_lite0",
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
+        visualizer=False,
+    ).eval()
+    return model, export_openvino(model, tmp_path_factory.mktemp("export"), 64)
+
+
+def test_default_is_f32_and_matches_torch(exported: tuple[RD4AD, Path]) -> None:
+    """Assumes torch computes in f32 on the CPU; OpenVINO then matches it to 1e-4 of the map's scale."""
+    model, path = exported
+    runtime = ExportedModel(path)
+    assert runtime.precision == "f32"
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(image).anomaly_map.numpy()
+    actual = runtime(image.numpy())["anomaly_map"].reshape(expected.shape)
+    np.testing.assert_allclose(actual / np.abs(expected).max(), expected / np.abs(expected).max(), atol=1e-4)
+
+
+def test_bf16_is_bf16_where_the_cpu_has_it(exported: tuple[RD4AD, Path]) -> None:
+    """Asking for bf16 gives bf16 on CPUs that compute it, and OpenVINO's f32 fallback elsewhere."""
+    _, path = exported
+    runtime = ExportedModel(path, precision="bf16")
+    assert runtime.precision == ("bf16" if cpu_has_bf16() else "f32")
+    assert np.isfinite(runtime(np.zeros((1, 3, 64, 64), np.float32))["anomaly_map"]).all()
+
+
+def test_unknown_precision_is_refused(exported: tuple[RD4AD, Path]) -> None:
+    with pytest.raises(ValueError, match="'f64' is not a valid InferencePrecision"):
+        ExportedModel(exported[1], precision="f64")
+
+
+def test_converted_models_are_compiled_with_the_hint_too() -> None:
+    import openvino as ov
+
+    converted = ov.convert_model(torch.nn.Conv2d(3, 4, 3).eval(), example_input=torch.rand(1, 3, 8, 8))
+    assert compiled_precision(compile_openvino(converted)) == "f32"
+
+
+def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
+    """Every compile goes through ``deploy/runtime.py``, which always passes the precision hint."""
+    pattern = re.compile(r"\bcompile_model\(|OpenVINOInferencer\(")
+    offenders = [
+        str(path.relative_to(SRC.parent.parent))
+        for folder in (SRC, Path(__file__).parent)
+        for path in folder.rglob("*.py")
+        if path not in (RUNTIME, Path(__file__).resolve()) and pattern.search(path.read_text())
+    ]
+    assert not offenders, f"compile OpenVINO through anomalib_ext.deploy.compile_openvino instead: {offenders}"
+    assert "inference_precision" in RUNTIME.read_text()
