@@ -72,6 +72,18 @@ def test_missing_mask_names_the_image(tmp_path: Path) -> None:
         make_mvtec_style_samples(root)
 
 
+def test_folder_without_ground_truth_is_image_level_data(tmp_path: Path) -> None:
+    """No ``ground_truth/`` at all (e.g. MVTec screw with unpairable masks): labels only, no mask error."""
+    import shutil
+
+    root = _mtd_like(tmp_path)
+    shutil.rmtree(root / "ground_truth")
+    samples = make_mvtec_style_samples(root)
+    assert samples.attrs["task"] == "classification"
+    assert (samples[samples.label == "crack"].mask_path == "").all()
+    assert samples.label_index.tolist().count(1) == 2
+
+
 def test_mask_of_wrong_size_is_reported(tmp_path: Path) -> None:
     root = _mtd_like(tmp_path)
     Image.new("L", (7, 7)).save(root / "ground_truth" / "crack" / "exp_0_mask.png")

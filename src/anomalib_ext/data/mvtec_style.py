@@ -12,6 +12,8 @@ Tile Defects: grayscale JPEGs of varying size) needs neither restriction::
 
 Masks are matched to images by stem, every file is opened once up front, and each problem is
 reported with the file that caused it, instead of failing later inside a DataLoader worker.
+A folder with no ``ground_truth/`` at all is image-level data (classification): its anomalous
+images need no masks and only image metrics are computed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
         msg = f"{root} is not an MVTec-style dataset: {root / 'train' / 'good'} does not exist."
         raise DatasetError(msg)
     rows: list[dict[str, object]] = []
+    has_masks = (root / "ground_truth").is_dir()
     for split in ("train", "test"):
         split_dir = root / split
         if not split_dir.is_dir():
@@ -75,7 +78,10 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                 continue  # anomalous training images are not used by one-class models
             for image_path in _images_in(label_dir):
                 mask_path = ""
-                if not normal:
+                if not normal and not has_masks:
+                    if check_files:
+                        check_image(image_path)
+                elif not normal:
                     mask = _find_mask(root, label_dir.name, image_path.stem)
                     if mask is None:
                         msg = (
