@@ -22,17 +22,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from anomalib.data import AnomalibDataModule
+import torch
+from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.base import AnomalibDataset
 from anomalib.data.utils import LabelName, Split
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import Compose, Resize, Transform
+from torchvision.transforms.v2 import Transform
+from torchvision.transforms.v2.functional import to_dtype
+from torchvision.tv_tensors import Image as TvImage
+from torchvision.tv_tensors import Mask
+
+from .image_cache import DEFAULT_MAX_BYTES, DatasetError, DecodedImageCache
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ValueError):
-    """The dataset folder is malformed; the message names the offending file or folder."""
+__all__ = ["DatasetError", "MVTecStyle", "MVTecStyleDataset", "make_mvtec_style_samples"]
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -114,7 +117,16 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
 
 
 class MVTecStyleDataset(AnomalibDataset):
-    """One split of an MVTec-style folder."""
+    """One split of an MVTec-style folder, each image decoded and resized once (see :mod:`.image_cache`).
+
+    Args:
+        root: the category folder.
+        split: ``train`` or ``test`` (``None``: every row of ``samples``).
+        augmentations: applied on every access, after the resize.
+        samples: a precomputed index (``make_mvtec_style_samples``).
+        image_size: ``(height, width)`` every image and mask is resized to on load; ``None`` keeps the files' size.
+        cache: decoded-image cache (shared between splits); ``None`` decodes every access.
+    """
 
     def __init__(
         self,
@@ -122,10 +134,14 @@ class MVTecStyleDataset(AnomalibDataset):
         split: str | Split | None = None,
         augmentations: Transform | None = None,
         samples: pd.DataFrame | None = None,
+        image_size: Sequence[int] | None = None,
+        cache: DecodedImageCache | None = None,
     ) -> None:
         super().__init__(augmentations=augmentations)
         self.root = Path(root)
         self.category = self.root.name
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.cache = cache if cache is not None else DecodedImageCache(max_bytes=0)
         samples = make_mvtec_style_samples(self.root) if samples is None else samples
         if split is not None:
             split_value = split.value if isinstance(split, Split) else split
@@ -133,6 +149,36 @@ class MVTecStyleDataset(AnomalibDataset):
             samples = samples[samples.split == split_value].reset_index(drop=True)
             samples.attrs["task"] = task
         self.samples = samples
+
+    def fill_cache(self) -> None:
+        """Decode every image and mask of this split into the cache now (before DataLoader workers fork)."""
+        for row in self.samples.itertuples():
+            self.cache.image(row.image_path, self.image_size)
+            if row.mask_path:
+                self.cache.mask(row.mask_path, self.image_size)
+
+    def __getitem__(self, index: int) -> ImageItem:
+        """Image in ``[0, 1]`` and mask at ``image_size``, then the augmentations (as anomalib's datasets)."""
+        row = self.samples.iloc[index]
+        image = TvImage(to_dtype(self.cache.image(row.image_path, self.image_size), torch.float32, scale=True))
+        gt_mask = None
+        if self.samples.attrs.get("task") == "segmentation":
+            if row.mask_path:
+                gt_mask = Mask(self.cache.mask(row.mask_path, self.image_size))
+            else:
+                gt_mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
+        if self.augmentations:
+            if gt_mask is None:
+                image = self.augmentations(image)
+            else:
+                image, gt_mask = self.augmentations(image, gt_mask)
+        return ImageItem(
+            image=image,
+            gt_mask=gt_mask,
+            gt_label=torch.tensor(int(row.label_index)),
+            image_path=row.image_path,
+            mask_path=row.mask_path,
+        )
 
 
 class MVTecStyle(AnomalibDataModule):
@@ -143,6 +189,9 @@ class MVTecStyle(AnomalibDataModule):
         image_size: images and masks are resized on load so that folders with mixed image sizes
             batch; ``None`` keeps the files' sizes (they must then all agree).
         check_files: decode every image and mask once before training and fail with the file name.
+        cache_images: keep each image decoded and resized in memory (``uint8``), so later epochs
+            skip decoding; augmentations still run per access. ``False`` decodes every access.
+        cache_max_bytes: memory budget of that cache (images past it are decoded every time).
         Other arguments are anomalib's ``AnomalibDataModule`` arguments. Validation defaults to the
         test split, as for anomalib's ``MVTecAD``.
     """
@@ -162,18 +211,9 @@ class MVTecStyle(AnomalibDataModule):
         val_split_mode: str = "same_as_test",
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        cache_images: bool = True,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        if image_size is not None:
-            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            resize = Resize(size, antialias=True)
-
-            def with_resize(transform: Transform | None) -> Transform:
-                return resize if transform is None else Compose([resize, transform])
-
-            augmentations = with_resize(augmentations)
-            train_augmentations = with_resize(train_augmentations) if train_augmentations else None
-            val_augmentations = with_resize(val_augmentations) if val_augmentations else None
-            test_augmentations = with_resize(test_augmentations) if test_augmentations else None
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -190,8 +230,25 @@ class MVTecStyle(AnomalibDataModule):
         self.root = Path(root).expanduser()
         self.check_files = check_files
         self.category = self.root.name
+        self.image_size: tuple[int, ...] | None = (
+            None
+            if image_size is None
+            else (image_size, image_size)
+            if isinstance(image_size, int)
+            else tuple(image_size)
+        )
+        self.image_cache = DecodedImageCache(cache_max_bytes if cache_images else 0)
+
+    def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
+        """One split at this module's image size, sharing its decoded-image cache."""
+        dataset = MVTecStyleDataset(
+            root, split=split, samples=samples, image_size=self.image_size, cache=self.image_cache
+        )
+        if self.image_cache.max_bytes > 0:
+            dataset.fill_cache()
+        return dataset
 
     def _setup(self, _stage: str | None = None) -> None:
         samples = make_mvtec_style_samples(self.root, check_files=self.check_files)
-        self.train_data = MVTecStyleDataset(self.root, split=Split.TRAIN, samples=samples)
-        self.test_data = MVTecStyleDataset(self.root, split=Split.TEST, samples=samples)
+        self.train_data = self.make_dataset(self.root, Split.TRAIN, samples)
+        self.test_data = self.make_dataset(self.root, Split.TEST, samples)

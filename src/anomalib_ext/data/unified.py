@@ -34,7 +34,7 @@ from anomalib.metrics import AUPRO, AUROC, AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchvision.transforms.v2 import Transform
 
-from .mvtec_style import DatasetError, MVTecStyle, MVTecStyleDataset, make_mvtec_style_samples
+from .mvtec_style import DatasetError, MVTecStyle, make_mvtec_style_samples
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -295,8 +295,8 @@ class UnifiedMultiClass(MVTecStyle):
     def _setup(self, _stage: str | None = None) -> None:
         samples = self.make_samples()
         self.image_categories = dict(zip(samples.image_path, samples.category, strict=True))
-        self.train_data = MVTecStyleDataset(self.folders[0].parent, split=Split.TRAIN, samples=samples)
-        self.test_data = MVTecStyleDataset(self.folders[0].parent, split=Split.TEST, samples=samples)
+        self.train_data = self.make_dataset(self.folders[0].parent, Split.TRAIN, samples)
+        self.test_data = self.make_dataset(self.folders[0].parent, Split.TEST, samples)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets, then put :class:`PerCategoryMetrics` first in the trainer's callbacks."""

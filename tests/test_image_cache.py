@@ -1,0 +1,78 @@
+"""The decoded-image cache: same tensors as decoding every time, invalidated by a changed file, within its budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomalib_ext.data import DatasetError, MVTecStyle
+from anomalib_ext.data.image_cache import DecodedImageCache
+
+
+def _item_tensors(datamodule: MVTecStyle) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    datamodule.setup()
+    return [
+        (item.image.as_subclass(torch.Tensor), None if item.gt_mask is None else item.gt_mask.as_subclass(torch.Tensor))
+        for dataset in (datamodule.train_data, datamodule.test_data)
+        for item in (dataset[i] for i in range(len(dataset)))
+    ]
+
+
+def test_cached_items_equal_uncached_ones(texture_root: Path) -> None:
+    """Twice through the cache (second time from memory) equals decoding every access, bit for bit."""
+    options = {"image_size": 48, "num_workers": 0}
+    cached = MVTecStyle(texture_root / "brick", **options)
+    uncached = MVTecStyle(texture_root / "brick", cache_images=False, **options)
+    first, reference = _item_tensors(cached), _item_tensors(uncached)
+    assert len(cached.image_cache) > 0 and len(uncached.image_cache) == 0
+    second = _item_tensors(cached)
+    for (image, mask), (image2, _mask2), (ref_image, ref_mask) in zip(first, second, reference, strict=True):
+        assert image.shape == (3, 48, 48) and image.dtype == torch.float32
+        assert torch.equal(image, ref_image) and torch.equal(image2, ref_image)
+        assert (mask is None and ref_mask is None) or torch.equal(mask, ref_mask)
+
+
+def test_changed_file_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    cache = DecodedImageCache()
+    assert int(cache.image(path, (4, 4)).max()) == 0
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(path)
+    os.utime(path, ns=(1, 10**18))  # a new modification time even on coarse-clock file systems
+    assert int(cache.image(path, (4, 4)).min()) == 200
+    assert len(cache) == 1 and cache.bytes == 3 * 4 * 4  # the stale entry was dropped
+
+
+def test_cache_respects_its_budget(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(paths[-1])
+    cache = DecodedImageCache(max_bytes=2 * 3 * 8 * 8)
+    images = [cache.image(path, None) for path in paths]
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert torch.equal(cache.image(paths[2], None), images[2])  # past the budget: still served, from the file
+
+
+def test_truncated_image_is_named_by_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=r"cut\.png"):
+        DecodedImageCache().image(path, (16, 16))
+
+
+def test_cache_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    cache = DecodedImageCache()
+    cache.image(path, None)
+    restored = pickle.loads(pickle.dumps(cache))
+    assert len(restored) == 1 and torch.equal(restored.image(path, None), cache.image(path, None))
