@@ -15,12 +15,16 @@ Two variants, both built from channel numbers only (so any timm teacher pair wor
   residual block whose main path is a 2x2 stride-2 transposed conv + BN + ReLU + 3x3 conv + BN
   and whose skip is a 2x2 stride-2 transposed conv + BN. About half the parameters of
   ``"rstpm1"`` for ResNet18 -> ResNet50.
+
+Each stage ends in ReLU only where the teacher layer it reconstructs is non-negative (ResNet
+stages end in ReLU; EfficientNet stages end in a linear bottleneck with signed outputs, which a
+ReLU output could never match). ``nonnegative`` says which, per target layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from enum import StrEnum
 
 import torch
 from torch import nn
@@ -29,13 +33,34 @@ from torchvision.models.resnet import BasicBlock
 
 from .attention_gate import GATE_FORMS, AttentionGate
 
-StudentVariant = Literal["rstpm1", "rstpm2"]
-STUDENT_VARIANTS: tuple[str, ...] = ("rstpm1", "rstpm2")
+
+class StudentVariant(StrEnum):
+    """Layout of the reconstruction student (see the module docstring)."""
+
+    RSTPM1 = "rstpm1"
+    RSTPM2 = "rstpm2"
+
+
+class Attention(StrEnum):
+    """Gate forms of a three-scale student, deep to shallow (report fig. 18).
+
+    Other strings of ``*`` / ``+`` are accepted too, one character per gate, for deeper pyramids.
+    """
+
+    MULTIPLY_RESIDUAL = "*+"
+    RESIDUAL_RESIDUAL = "++"
+    MULTIPLY_MULTIPLY = "**"
+    RESIDUAL_MULTIPLY = "+*"
+    NONE = "none"
+
+
+STUDENT_VARIANTS: tuple[str, ...] = tuple(StudentVariant)
 
 
 def parse_attention(attention: str, n_gates: int) -> list[str]:
     """``"*+"`` -> ``["*", "+"]``; ``"none"`` -> ``[]``. One form per gate, in decoding order."""
-    if attention == "none":
+    attention = str(attention)
+    if attention == Attention.NONE:
         return []
     if len(attention) != n_gates or any(form not in GATE_FORMS for form in attention):
         msg = (
@@ -50,11 +75,23 @@ def _bn_relu(channels: int) -> list[nn.Module]:
     return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
 
 
-class UpResidualBlock(nn.Module):
-    """RSTPM-2 stage: 2x2 transposed-conv residual block that doubles resolution and changes channels."""
+class SignedBasicBlock(BasicBlock):
+    """ResNet ``BasicBlock`` without the ReLU after the residual sum, for signed targets (same parameters)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``bn2(conv2(relu(bn1(conv1(x))))) + x``."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x
+
+
+class UpResidualBlock(nn.Module):
+    """RSTPM-2 stage: 2x2 transposed-conv residual block that doubles resolution and changes channels.
+
+    ``relu_out=False`` drops the final ReLU, for a signed target layer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, relu_out: bool = True) -> None:
         super().__init__()
+        self.relu_out = relu_out
         self.main = nn.Sequential(
             nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
             *_bn_relu(out_channels),
@@ -67,15 +104,17 @@ class UpResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Main path plus transposed-conv skip, then ReLU."""
-        return F.relu(self.main(x) + self.skip(x))
+        """Main path plus transposed-conv skip, then ReLU (if ``relu_out``)."""
+        out = self.main(x) + self.skip(x)
+        return F.relu(out) if self.relu_out else out
 
 
-def _rstpm1_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+def _rstpm1_stage(in_channels: int, out_channels: int, relu_out: bool = True) -> nn.Sequential:
+    block = BasicBlock if relu_out else SignedBasicBlock
     return nn.Sequential(
         nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
         *_bn_relu(out_channels),
-        BasicBlock(out_channels, out_channels),
+        block(out_channels, out_channels),
     )
 
 
@@ -89,22 +128,31 @@ class ReconstructionStudent(nn.Module):
         variant: ``"rstpm1"`` or ``"rstpm2"`` (see module docstring).
         attention: ``"none"`` or one form per scale change in decoding order, deep to shallow
             (``"*+"``: multiplicative after the deepest stage, residual after the next).
+        nonnegative: per target layer (shallow to deep), whether the teacher's output there is
+            non-negative, so the stage may end in ReLU (see
+            :func:`~anomalib_ext.components.backbone.nonnegative_outputs`). ``None``: all are.
     """
 
     def __init__(
         self,
         in_channels: int,
         target_channels: Sequence[int],
-        variant: StudentVariant = "rstpm1",
-        attention: str = "*+",
+        variant: StudentVariant | str = StudentVariant.RSTPM1,
+        attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
+        nonnegative: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if variant not in STUDENT_VARIANTS:
             msg = f"Unknown student2 variant {variant!r}; expected one of {STUDENT_VARIANTS}."
             raise ValueError(msg)
+        nonnegative = [True] * len(target_channels) if nonnegative is None else list(nonnegative)
+        if len(nonnegative) != len(target_channels):
+            msg = f"nonnegative needs one flag per target layer; got {nonnegative} for {list(target_channels)}."
+            raise ValueError(msg)
         decode_channels = list(reversed(target_channels))  # deep -> shallow
+        relu_out = list(reversed(nonnegative))
         forms = parse_attention(attention, len(decode_channels) - 1)
-        if variant == "rstpm1":
+        if variant == StudentVariant.RSTPM1:
             self.stem: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1, bias=False),
                 *_bn_relu(in_channels),
@@ -112,10 +160,10 @@ class ReconstructionStudent(nn.Module):
             )
         else:
             self.stem = nn.Identity()
-        make_stage = _rstpm1_stage if variant == "rstpm1" else UpResidualBlock
+        make_stage = _rstpm1_stage if variant == StudentVariant.RSTPM1 else UpResidualBlock
         inputs = [in_channels, *decode_channels[:-1]]
         self.stages = nn.ModuleList(
-            make_stage(c_in, c_out) for c_in, c_out in zip(inputs, decode_channels, strict=True)
+            make_stage(c_in, c_out, relu) for c_in, c_out, relu in zip(inputs, decode_channels, relu_out, strict=True)
         )
         self.gates = nn.ModuleList(
             AttentionGate(decode_channels[i], form)  # type: ignore[arg-type]

@@ -4,15 +4,49 @@ Numbering follows the paper: maps 1-3 come from pair 1 (teacher1 layers 1-3, str
 maps 4-6 from pair 2 (student2's 16, 32 and 64 px outputs against teacher2). Pairs of equal
 resolution are added, ``(m1+m6), (m2+m5), (m3+m4)``; those three are the discriminator's input
 channels, and their product is the student-teacher map.
+
+The image score is one number per map. Neither the paper nor the reproduction report says how
+it is computed; :func:`image_score` offers the plain maximum (our default) and the DRAEM
+reference code's ``21 x 21`` mean pooling followed by the maximum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+DRAEM_POOL_KERNEL = 21
+
+
+class ScoreMap(StrEnum):
+    """Which map the eval forward returns (the three rows the paper reports)."""
+
+    COMBINED = "combined"
+    STUDENT_TEACHER = "student_teacher"
+    DISCRIMINATOR = "discriminator"
+
+
+class ScorePooling(StrEnum):
+    """How the image score is read from the map."""
+
+    MAX = "max"
+    MEAN_POOL_MAX = "mean_pool_max"
+
+
+def image_score(anomaly_map: torch.Tensor, pooling: ScorePooling = ScorePooling.MAX) -> torch.Tensor:
+    """``(B,)`` scores of ``(B, 1, H, W)`` maps.
+
+    ``max``: the largest pixel. ``mean_pool_max``: as DRAEM's reference evaluation, a ``21 x 21``
+    mean filter (stride 1, zero padding counted) first, so one hot pixel scores less than a blob.
+    The branch is on a Python option, never on tensor values, so the graph traces and exports.
+    """
+    if pooling == ScorePooling.MEAN_POOL_MAX:
+        anomaly_map = F.avg_pool2d(anomaly_map, DRAEM_POOL_KERNEL, stride=1, padding=DRAEM_POOL_KERNEL // 2)
+    return torch.amax(anomaly_map, dim=(1, 2, 3))
 
 
 def distance_map(teacher: torch.Tensor, student: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
@@ -55,7 +89,7 @@ class AnomalyMapGenerator(nn.Module):
         student_teacher = self.student_teacher_map(summed)
         discriminator = self.discriminator_map(logits)
         return {
-            "student_teacher": student_teacher,
-            "discriminator": discriminator,
-            "combined": student_teacher * discriminator,
+            ScoreMap.STUDENT_TEACHER: student_teacher,
+            ScoreMap.DISCRIMINATOR: discriminator,
+            ScoreMap.COMBINED: student_teacher * discriminator,
         }

@@ -4,15 +4,15 @@ One ``fit`` runs both training stages, keyed on the epoch (manual optimisation):
 
 - stage 1, epochs ``[0, stage1_epochs)``: both students learn to match their teachers on clean
   images (SGD, lr 0.4, momentum 0.9, weight decay 1e-4);
-- stage 2, epochs ``[stage1_epochs, stage1_epochs + stage2_epochs)``: students frozen (eval mode,
-  no gradients); Perlin pseudo-anomalies are pasted on the batch and the discriminator learns to
-  segment them from the three summed distance maps (Adam, lr 1e-4, weight decay 1e-4, focal loss).
+- stage 2, the rest of the trainer's budget: students frozen (eval mode, no gradients); Perlin
+  pseudo-anomalies are pasted on the batch and the discriminator learns to segment them from the
+  three summed distance maps (Adam, lr 1e-4, weight decay 1e-4, focal loss).
 
-The stage is a pure function of ``current_epoch``, which Lightning restores with the optimiser
-states, so resuming from a checkpoint of either stage continues in that stage.
-``trainer_arguments`` sets ``max_epochs = stage1_epochs + stage2_epochs`` (the Engine and the CLI
-apply it over ``--trainer.max_epochs``); a plain Lightning ``Trainer`` with another value gets a
-warning.
+The trainer owns the budget (``--trainer.max_epochs``); ``stage1_epochs=None`` gives stage 1 the
+first quarter of it (the paper's 100 of 100 + 300), see :func:`resolve_stage1_epochs`. The stage
+is a pure function of ``current_epoch`` and the trainer's limits, and Lightning restores
+``current_epoch`` and the optimiser states, so resuming a checkpoint of either stage with the
+same trainer limits continues in that stage.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -20,8 +20,8 @@ Example:
     >>> from anomalib_ext.data import MVTecStyle
     >>> model = RSTPM(teacher1="efficientnet_lite0", teacher2="efficientnet_lite0",
     ...               layers1=("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
-    ...               layers2=("blocks.1", "blocks.2", "blocks.4"), stage1_epochs=2, stage2_epochs=2)
-    >>> Engine().train(model, datamodule=MVTecStyle("../shared/datasets/mtd"))  # doctest: +SKIP
+    ...               layers2=("blocks.1", "blocks.2", "blocks.4"))
+    >>> Engine(max_epochs=4).train(model, datamodule=MVTecStyle("../shared/datasets/mtd"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,18 +38,21 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Resize
 
-from anomalib_ext.components import make_pseudo_anomaly_generator
+from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
+from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
 
+from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
-from .torch_model import RSTPMModel, ScoreMap
+from .stages import resolve_stage1_epochs
+from .torch_model import LossMode, RSTPMModel, Student2Input, parse_option
 
 logger = logging.getLogger(__name__)
-LOSS_MODES: tuple[str, ...] = ("all", "split")
 
 
 class RSTPM(AnomalibModule):
@@ -66,10 +69,16 @@ class RSTPM(AnomalibModule):
         attention: student2 gate forms, deep to shallow: ``"*+"`` (default), ``"++"``, ``"**"``, ``"+*"``, ``"none"``.
         student2_variant: ``"rstpm1"`` (3x3 deconv + BasicBlock) or ``"rstpm2"`` (RD4AD-style, ~half the parameters).
         student2_input: ``"teacher"`` (teacher1's deepest layer) or ``"direct"`` (student1's).
-        loss_mode: ``"all"``: one loss and one SGD for both students; ``"split"``: one per pair.
+        loss_mode: ``"all"``: one loss and one SGD for both students; ``"split"``: one per pair
+            (with ``"direct"``, pair 1's loss then also trains student1's deepest layer).
         score_map: map returned at inference: ``"combined"``, ``"student_teacher"`` or ``"discriminator"``.
-        stage1_epochs / stage2_epochs: epochs of each stage (paper: 100 and 300).
-        anomaly_source_path: texture folder for pseudo-anomalies (paper: DTD); ``None`` uses Perlin noise.
+        score_pooling: image score from that map: ``"max"`` (default) or ``"mean_pool_max"`` (DRAEM's).
+        stage1_epochs: epochs of stage 1; ``None`` (default): the first quarter of the trainer's
+            budget (see :func:`~anomalib_ext.models.rstpm.stages.resolve_stage1_epochs`). Stage 2
+            runs for the rest of ``trainer.max_epochs`` (paper: 100 of 400).
+        stage2_epochs: removed; must stay ``None`` (set ``trainer.max_epochs`` instead).
+        anomaly_source: pseudo-anomaly source: ``"perlin"`` (default), ``"textures"``
+            (scikit-image's bundled images, an offline stand-in for the paper's DTD) or a folder.
         anomaly_probability: share of stage-2 images that get a pseudo-anomaly.
         blend_factor: ``beta`` of eq. 2, fixed or ``(min, max)``.
         lr / momentum / weight_decay: stage-1 SGD of the students.
@@ -88,14 +97,15 @@ class RSTPM(AnomalibModule):
         teacher2_weights: str | None = None,
         pre_trained: bool = True,
         allow_download: bool = False,
-        attention: str = "*+",
-        student2_variant: str = "rstpm1",
-        student2_input: str = "teacher",
-        loss_mode: str = "all",
-        score_map: ScoreMap = "combined",
-        stage1_epochs: int = 100,
-        stage2_epochs: int = 300,
-        anomaly_source_path: str | None = None,
+        attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
+        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_input: Student2Input | str = Student2Input.TEACHER,
+        loss_mode: LossMode | str = LossMode.ALL,
+        score_map: ScoreMap | str = ScoreMap.COMBINED,
+        score_pooling: ScorePooling | str = ScorePooling.MAX,
+        stage1_epochs: int | None = None,
+        stage2_epochs: int | None = None,
+        anomaly_source: AnomalySource | str = AnomalySource.PERLIN,
         anomaly_probability: float = 0.5,
         blend_factor: float | tuple[float, float] = (0.1, 1.0),
         lr: float = 0.4,
@@ -110,18 +120,30 @@ class RSTPM(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        if stage2_epochs is not None:
+            msg = (
+                f"stage2_epochs={stage2_epochs} was removed: stage 2 runs for the rest of the trainer's budget. "
+                "Set trainer.max_epochs (--trainer.max_epochs) to stage1_epochs + stage-2 epochs instead."
+            )
+            raise ValueError(msg)
+        if stage1_epochs is not None and stage1_epochs < 0:
+            msg = f"stage1_epochs must be None or >= 0; got {stage1_epochs}."
+            raise ValueError(msg)
+        # Options become plain strings *before* anomalib's save_hyperparameters reads these locals,
+        # so hparams, checkpoints (weights_only loads) and config dumps never hold enum objects.
+        attention = str(attention)
+        student2_variant = str(student2_variant)
+        student2_input = parse_option(Student2Input, student2_input, "student2_input").value
+        loss_mode = parse_option(LossMode, loss_mode, "loss_mode").value
+        score_map = parse_option(ScoreMap, score_map, "score_map").value
+        score_pooling = parse_option(ScorePooling, score_pooling, "score_pooling").value
+        anomaly_source = str(anomaly_source)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if loss_mode not in LOSS_MODES:
-            msg = f"loss_mode={loss_mode!r}; expected one of {LOSS_MODES}."
-            raise ValueError(msg)
-        if stage1_epochs < 0 or stage2_epochs < 0 or stage1_epochs + stage2_epochs == 0:
-            msg = f"Need non-negative epochs per stage and at least one in total; got {stage1_epochs}, {stage2_epochs}."
-            raise ValueError(msg)
         self.automatic_optimization = False
         self.model = RSTPMModel(
             teacher1=teacher1,
@@ -135,31 +157,49 @@ class RSTPM(AnomalibModule):
             attention=attention,
             student2_variant=student2_variant,
             student2_input=student2_input,
+            loss_mode=loss_mode,
             score_map=score_map,
+            score_pooling=score_pooling,
             discriminator_width=discriminator_width,
         )
-        # split losses must not let pair 2's loss train student1 through the "direct" input
-        self.model.detach_student2_input = loss_mode == "split"
         self.loss = StudentTeacherLoss()
         self.discriminator_loss = DiscriminatorLoss()
         self.anomaly_generator = make_pseudo_anomaly_generator(
-            anomaly_source_path,
+            anomaly_source,
             probability=anomaly_probability,
             blend_factor=tuple(blend_factor) if isinstance(blend_factor, Sequence) else blend_factor,  # type: ignore[arg-type]
         )
-        self.loss_mode = loss_mode
-        self.stage1_epochs = stage1_epochs
-        self.stage2_epochs = stage2_epochs
 
     @staticmethod
     def configure_pre_processor(image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize only: pseudo-anomalies are pasted on ``[0, 1]`` images, the model normalises itself."""
         return PreProcessor(transform=Resize(image_size or (256, 256), antialias=True))
 
+    def _attached_trainer(self) -> Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning raises when no trainer is attached
+            return None
+
+    @property
+    def stage1_epochs(self) -> int | None:
+        """Epochs of stage 1: the argument if given, else derived from the attached trainer (``None`` without one)."""
+        explicit: int | None = self.hparams.stage1_epochs
+        trainer = self._attached_trainer()
+        if explicit is not None or trainer is None:
+            return explicit
+        return resolve_stage1_epochs(
+            max_epochs=trainer.max_epochs,
+            max_steps=trainer.max_steps,
+            num_training_batches=trainer.num_training_batches,
+            steps_per_stage1_batch=2 if self.hparams.loss_mode == LossMode.SPLIT else 1,
+        )
+
     @property
     def stage(self) -> int:
         """1 while the students train, 2 while the discriminator trains; a function of ``current_epoch``."""
-        return 1 if self.current_epoch < self.stage1_epochs else 2
+        stage1 = self.stage1_epochs
+        return 1 if stage1 is None or self.current_epoch < stage1 else 2
 
     def setup(self, stage: str | None = None) -> None:
         """Under DDP, let the reducer skip the parameters a stage does not train.
@@ -169,7 +209,12 @@ class RSTPM(AnomalibModule):
         strategy wraps the module, so ``ddp`` works as it does for the other models.
         """
         del stage
-        strategy = self.trainer.strategy if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        strategy = trainer.strategy if trainer is not None else None
+        # Lightning 2.x has no public way to change DDP's kwargs once the strategy exists:
+        # ``find_unused_parameters`` is only a constructor argument of ``DDPStrategy`` (stored in
+        # ``_ddp_kwargs`` and passed to ``DistributedDataParallel`` when the model is wrapped,
+        # after ``setup``). The private dict is the only hook; when absent, nothing is changed.
         ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
         if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
             if not ddp_kwargs.get("find_unused_parameters", False):
@@ -177,17 +222,18 @@ class RSTPM(AnomalibModule):
             ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_start(self) -> None:
-        """Warn when the trainer would stop before (or run past) the end of stage 2."""
-        total = self.stage1_epochs + self.stage2_epochs
-        if self.trainer.max_epochs != total:
+        """Resolve the stage boundary now (fails early on an unbounded trainer) and say where it is."""
+        stage1 = self.stage1_epochs
+        budget = self.trainer.max_epochs
+        if budget is not None and budget > 0 and stage1 is not None and stage1 >= budget:
             logger.warning(
-                "RSTPM trains %d + %d epochs but trainer.max_epochs=%s: set max_epochs=%d "
-                "(anomalib's Engine does so from trainer_arguments).",
-                self.stage1_epochs,
-                self.stage2_epochs,
-                self.trainer.max_epochs,
-                total,
+                "RSTPM: stage 1 takes all %d epoch(s) of trainer.max_epochs=%d; the discriminator is not trained "
+                "(raise trainer.max_epochs for stage 2).",
+                stage1,
+                budget,
             )
+        else:
+            logger.info("RSTPM: stage 1 = epochs [0, %s), stage 2 = the rest of the trainer's budget.", stage1)
 
     def _set_stage_modes(self, stage: int) -> None:
         students = (self.model.student1, self.model.student2)
@@ -208,7 +254,7 @@ class RSTPM(AnomalibModule):
         optimizers = self._optimizers()
         if stage == 1:
             features = self.model.features(batch.image)
-            loss1 = self.loss(features.teacher1, features.student1)
+            loss1 = self.loss(*features.pair1())
             loss2 = self.loss(features.teacher2, features.student2)
             loss = loss1 + loss2
             student_optimizers = optimizers[:-1]  # one for "all", two for "split"
@@ -242,25 +288,26 @@ class RSTPM(AnomalibModule):
 
     def configure_optimizers(self) -> list[optim.Optimizer]:
         """Student SGD (one, or one per pair for ``"split"``), then the discriminator's Adam (always last)."""
-        hyper = {"momentum": self.hparams.momentum, "weight_decay": self.hparams.weight_decay}
+        hparams = self.hparams
+        hyper = {"momentum": hparams.momentum, "weight_decay": hparams.weight_decay}
         student1 = list(self.model.student1.parameters())
         student2 = list(self.model.student2.parameters())
-        if self.loss_mode == "all":
-            students = [optim.SGD(student1 + student2, lr=self.hparams.lr, **hyper)]
+        if hparams.loss_mode == LossMode.ALL:
+            students = [optim.SGD(student1 + student2, lr=hparams.lr, **hyper)]
         else:
-            lr2 = self.hparams.lr_student2 or self.hparams.lr
-            students = [optim.SGD(student1, lr=self.hparams.lr, **hyper), optim.SGD(student2, lr=lr2, **hyper)]
+            lr2 = hparams.lr if hparams.lr_student2 is None else hparams.lr_student2
+            students = [optim.SGD(student1, lr=hparams.lr, **hyper), optim.SGD(student2, lr=lr2, **hyper)]
         discriminator = optim.Adam(
             self.model.discriminator.parameters(),
-            lr=self.hparams.lr_discriminator,
-            weight_decay=self.hparams.weight_decay_discriminator,
+            lr=hparams.lr_discriminator,
+            weight_decay=hparams.weight_decay_discriminator,
         )
         return [*students, discriminator]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Both stages in one fit: ``max_epochs`` is the sum of the stages; no sanity validation."""
-        return {"max_epochs": self.stage1_epochs + self.stage2_epochs, "num_sanity_val_steps": 0}
+        """No sanity validation; the epoch budget is the trainer's own (``max_epochs`` is not overridden)."""
+        return {"num_sanity_val_steps": 0}
 
     @property
     def learning_type(self) -> LearningType:

@@ -8,14 +8,16 @@
 - Discriminator: DRAEM's U-Net on the pairwise summed distance maps, 2-class output.
 
 Input images are in ``[0, 1]``; ImageNet normalisation happens here so that the Lightning module
-can paste pseudo-anomalies on un-normalised images and the exported graph takes plain images.
+can paste pseudo-anomalies on un-normalised images and the exported graph takes plain images
+(the extractors take ImageNet-normalised input and convert it to what their backbone needs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from anomalib.data import InferenceBatch
@@ -23,23 +25,57 @@ from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork
 from torch import nn
 
 from anomalib_ext.components import ReconstructionStudent, create_backbone, feature_shapes
+from anomalib_ext.components.backbone import nonnegative_outputs
+from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
 
-ScoreMap = Literal["combined", "student_teacher", "discriminator"]
-SCORE_MAPS: tuple[str, ...] = ("combined", "student_teacher", "discriminator")
-STUDENT2_INPUTS: tuple[str, ...] = ("teacher", "direct")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OptionT = TypeVar("OptionT", bound=StrEnum)
+
+
+class Student2Input(StrEnum):
+    """What student2 reconstructs from."""
+
+    TEACHER = "teacher"  # teacher1's deepest layer (paper)
+    DIRECT = "direct"  # student1's deepest layer (report fig. 13)
+
+
+class LossMode(StrEnum):
+    """How the two student-teacher losses are optimised in stage 1 (report fig. 10)."""
+
+    ALL = "all"  # one summed loss, one SGD
+    SPLIT = "split"  # one loss and one SGD per pair
+
+
+def parse_option(enum: type[OptionT], value: str, name: str) -> OptionT:
+    """``enum(value)``, or a ``ValueError`` that names the argument and its choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        msg = f"{name}={value!r}; expected one of {[member.value for member in enum]}."
+        raise ValueError(msg) from None
 
 
 class RSTPMFeatures(NamedTuple):
-    """Aligned feature lists (shallow to deep) of both pairs."""
+    """Aligned feature lists (shallow to deep) of both pairs, one entry per map.
+
+    ``deep`` is ``(teacher1, student1)`` at ``layers1[-1]`` when pair 1's loss must also train
+    student1's deepest layer (``"split"`` with ``"direct"``: see :class:`RSTPMModel`), else ``None``.
+    """
 
     teacher1: list[torch.Tensor]
     student1: list[torch.Tensor]
     teacher2: list[torch.Tensor]
     student2: list[torch.Tensor]
+    deep: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def pair1(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher and student layers pair 1's loss matches: the map layers, plus ``deep`` if set."""
+        if self.deep is None:
+            return self.teacher1, self.student1
+        return [*self.teacher1, self.deep[0]], [*self.student1, self.deep[1]]
 
 
 class RSTPMModel(nn.Module):
@@ -56,8 +92,14 @@ class RSTPMModel(nn.Module):
         attention: ``"*+"``, ``"++"``, ``"**"``, ``"+*"`` or ``"none"`` (gates of student2).
         student2_variant: ``"rstpm1"`` (report fig. 3) or ``"rstpm2"`` (RD4AD-style blocks).
         student2_input: ``"teacher"`` (paper) or ``"direct"`` (student1's deepest layer).
+        loss_mode: ``"all"`` or ``"split"``; decides what :meth:`features` detaches. With
+            ``"split"`` and ``"direct"``, pair 2's loss must not reach student1, so student2's
+            input is detached, and pair 1's loss also matches student1's deepest layer with
+            teacher1's (``RSTPMFeatures.deep``) so that layer does not stay at random init.
         score_map: which map the eval forward returns: ``"combined"`` (eq. 1), ``"student_teacher"``
             or ``"discriminator"``; can be changed after training to measure all three.
+        score_pooling: how the image score is read from that map: ``"max"`` or ``"mean_pool_max"``
+            (DRAEM's 21 x 21 mean filter, then the max); can be changed after training too.
         discriminator_width: base width of DRAEM's discriminative U-Net (DRAEM: 64).
     """
 
@@ -71,10 +113,12 @@ class RSTPMModel(nn.Module):
         teacher2_weights: str | Path | None = None,
         pre_trained: bool = True,
         allow_download: bool = False,
-        attention: str = "*+",
-        student2_variant: str = "rstpm1",
-        student2_input: str = "teacher",
-        score_map: ScoreMap = "combined",
+        attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
+        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_input: Student2Input | str = Student2Input.TEACHER,
+        loss_mode: LossMode | str = LossMode.ALL,
+        score_map: ScoreMap | str = ScoreMap.COMBINED,
+        score_pooling: ScorePooling | str = ScorePooling.MAX,
         discriminator_width: int = 64,
     ) -> None:
         super().__init__()
@@ -85,37 +129,46 @@ class RSTPMModel(nn.Module):
                 f"got layers1={layers1}, layers2={layers2}."
             )
             raise ValueError(msg)
-        if student2_input not in STUDENT2_INPUTS:
-            msg = f"student2_input={student2_input!r}; expected one of {STUDENT2_INPUTS}."
-            raise ValueError(msg)
+        self.student2_input = parse_option(Student2Input, student2_input, "student2_input")
+        self.loss_mode = parse_option(LossMode, loss_mode, "loss_mode")
         self.score_map = score_map  # validated by the setter
-        self.student2_input = student2_input
-        self.detach_student2_input = False  # set by the Lightning module for split losses with "direct"
+        self.score_pooling = score_pooling  # validated by the setter
+        direct = self.student2_input == Student2Input.DIRECT
+        # "split" + "direct": pair 2's loss stops at student2, pair 1's covers student1's deepest layer
+        self.detach_student2_input = direct and self.loss_mode == LossMode.SPLIT
         self.teacher1 = create_backbone(teacher1, layers1, pre_trained, teacher1_weights, allow_download)
-        student1_layers = layers1 if student2_input == "direct" else layers1[:-1]
+        student1_layers = layers1 if direct else layers1[:-1]
         self.student1 = create_backbone(teacher1, student1_layers, pre_trained=False, requires_grad=True)
         self.teacher2 = create_backbone(teacher2, layers2, pre_trained, teacher2_weights, allow_download)
         for teacher in (self.teacher1, self.teacher2):
             teacher.requires_grad_(False)
         deep_channels = feature_shapes(self.teacher1)[-1][0]
         target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
-        self.student2 = ReconstructionStudent(deep_channels, target_channels, student2_variant, attention)  # type: ignore[arg-type]
+        self.student2 = ReconstructionStudent(
+            deep_channels, target_channels, student2_variant, attention, nonnegative_outputs(self.teacher2)
+        )
         self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
         self.anomaly_map_generator = AnomalyMapGenerator()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
-    def score_map(self) -> str:
-        """Which of the three maps the eval forward returns (and takes the max of as the score)."""
+    def score_map(self) -> ScoreMap:
+        """Which of the three maps the eval forward returns (and scores)."""
         return self._score_map
 
     @score_map.setter
-    def score_map(self, value: str) -> None:
-        if value not in SCORE_MAPS:
-            msg = f"score_map={value!r}; expected one of {SCORE_MAPS}."
-            raise ValueError(msg)
-        self._score_map = value
+    def score_map(self, value: ScoreMap | str) -> None:
+        self._score_map = parse_option(ScoreMap, value, "score_map")
+
+    @property
+    def score_pooling(self) -> ScorePooling:
+        """How the eval forward reads the image score from the map (see :func:`image_score`)."""
+        return self._score_pooling
+
+    @score_pooling.setter
+    def score_pooling(self, value: ScorePooling | str) -> None:
+        self._score_pooling = parse_option(ScorePooling, value, "score_pooling")
 
     def train(self, mode: bool = True) -> RSTPMModel:
         """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
@@ -130,16 +183,20 @@ class RSTPMModel(nn.Module):
         teacher1 = list(self.teacher1(normalized).values())
         teacher2 = list(self.teacher2(normalized).values())
         student1 = list(self.student1(normalized).values())
-        source = student1[-1] if self.student2_input == "direct" else teacher1[-1]
+        source = student1[-1] if self.student2_input == Student2Input.DIRECT else teacher1[-1]
+        deep = None
         if self.detach_student2_input:
+            deep = (teacher1[-1], student1[-1])
             source = source.detach()
         student2 = self.student2(source, teacher2)
         n_maps = len(teacher2)
-        return RSTPMFeatures(teacher1[:n_maps], student1[:n_maps], teacher2, student2)
+        return RSTPMFeatures(teacher1[:n_maps], student1[:n_maps], teacher2, student2, deep)
 
     def summed_maps(self, features: RSTPMFeatures, image_size: Sequence[int]) -> torch.Tensor:
         """``(B, 3, H, W)``: ``m1+m6, m2+m5, m3+m4``, the discriminator's input."""
-        return self.anomaly_map_generator.summed_maps(*features, image_size=image_size)
+        return self.anomaly_map_generator.summed_maps(
+            features.teacher1, features.student1, features.teacher2, features.student2, image_size=image_size
+        )
 
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All three maps for ``images``: ``student_teacher``, ``discriminator`` and ``combined``."""
@@ -147,9 +204,8 @@ class RSTPMModel(nn.Module):
         return self.anomaly_map_generator(summed, self.discriminator(summed))
 
     def forward(self, images: torch.Tensor) -> RSTPMFeatures | InferenceBatch:
-        """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its maximum."""
+        """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its image score."""
         if self.training:
             return self.features(images)
         anomaly_map = self.anomaly_maps(images)[self.score_map]
-        pred_score = torch.amax(anomaly_map, dim=(-2, -1)).squeeze(-1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=image_score(anomaly_map, self.score_pooling), anomaly_map=anomaly_map)
