@@ -1,7 +1,8 @@
-"""RD4AD: the official architecture and loss, a tiny train/test, export parity and checkpoints."""
+"""RD4AD: the official architecture, init and loss, options, a tiny train/test, export parity and checkpoints."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,14 @@ import torch
 from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
 
 from anomalib_ext import RD4AD
+from anomalib_ext.models.rd4ad import LossForm, StudentActivation
 from anomalib_ext.models.rd4ad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.rd4ad.loss import RD4ADLoss
-from anomalib_ext.models.rd4ad.torch_model import OneClassBottleneck, RD4ADModel
+from anomalib_ext.models.rd4ad.torch_model import DeResNetDecoder, OneClassBottleneck, RD4ADModel
 from tests.helpers import assert_openvino_parity, fit_and_test
 
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
+RESNET18 = {"backbone": "resnet18", "layers": ("layer1", "layer2", "layer3")}
 WRN50_SHAPES = [(256, 4), (512, 8), (1024, 16)]
 
 
@@ -45,8 +48,44 @@ def test_one_class_embedding_has_the_official_width() -> None:
     assert embedding.shape == (1, 2048, 8, 8)
 
 
+def test_ocbe_and_student_use_the_official_kaiming_init() -> None:
+    """Every Conv2d: Kaiming normal, fan_out, ReLU gain (std sqrt(2 / fan_out)); BatchNorm weight 1, bias 0."""
+    shapes = [(64, 4), (128, 8), (256, 16)]
+    ocbe = OneClassBottleneck(shapes)
+    decoder = DeResNetDecoder(shapes, ocbe.out_channels)
+    convs = [m for part in (ocbe, decoder) for m in part.modules() if type(m) is torch.nn.Conv2d]
+    assert len(convs) > 30
+    for conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        ratio = float(conv.weight.detach().std()) / math.sqrt(2.0 / fan_out)
+        assert 0.85 < ratio < 1.15, (conv, ratio)  # torch's default init would be off by sqrt(6 fan_out / fan_in)
+    norms = [m for part in (ocbe, decoder) for m in part.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((n.weight == 1).all() and (n.bias == 0).all()) for n in norms)
+
+
+@torch.no_grad()
+def test_student_activation_follows_the_teacher() -> None:
+    """auto: ReLU-ended student levels for a post-ReLU ResNet teacher, none for EfficientNet-Lite0's signed ones."""
+    images = torch.rand(2, 3, 64, 64)
+    resnet = RD4ADModel(pre_trained=False, **RESNET18).train()
+    assert resnet.student_relu == [True, True, True]
+    assert all(float(s.min()) >= 0 for s in resnet(images)[1])
+
+    lite0 = RD4ADModel(pre_trained=False, **LITE0).train()
+    assert lite0.student_relu == [False, False, False]
+    teacher, student = lite0(images)
+    assert all(float(t.min()) < 0 for t in teacher)  # what the student has to match
+    assert all(float(s.min()) < 0 for s in student)
+
+    official = RD4ADModel(pre_trained=False, student_activation="relu", **LITE0).train()
+    assert official.student_relu == [True, True, True]
+    assert all(float(s.min()) >= 0 for s in official(images)[1])
+    signed = RD4ADModel(pre_trained=False, student_activation=StudentActivation.NONE, **RESNET18).train()
+    assert all(float(s.min()) < 0 for s in signed(images)[1])
+
+
 def test_student_mirrors_the_teacher_for_any_backbone() -> None:
-    for kwargs in ({"backbone": "resnet18", "layers": ("layer1", "layer2", "layer3")}, LITE0):
+    for kwargs in (RESNET18, LITE0):
         model = RD4ADModel(pre_trained=False, **kwargs).train()
         teacher, student = model(torch.rand(2, 3, 64, 64))
         assert [t.shape for t in teacher] == [s.shape for s in student]
@@ -61,6 +100,37 @@ def test_loss_is_one_cosine_over_the_flattened_map() -> None:
     s[:, :, 0, 0] *= 5
     assert loss([t], [s]).item() > 1e-3
     assert loss([t, t], [s, s]).item() == pytest.approx(2 * loss([t], [s]).item())
+
+
+def test_loss_forms_match_a_hand_computation() -> None:
+    """Sample 0: pixel (0,0) t=(1,0) s=(3,0), pixel (0,1) t=(0,1) s=(1,0); sample 1: s = t.
+
+    per pixel (paper): cos 1 and 0 -> 1 - cos averages 0.5 on sample 0, 0 on sample 1 -> 0.25.
+    flattened (official): t=(1,0,0,1), s=(3,1,0,0) -> cos 3/sqrt(2*10) on sample 0 -> (1 - 3/sqrt(20)) / 2.
+    """
+    t = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]], [[[0.5, 2.0]], [[1.0, -1.0]]]])  # B=2, C=2, H=1, W=2
+    s = t.clone()
+    s[0] = torch.tensor([[[3.0, 1.0]], [[0.0, 0.0]]])
+    per_pixel, flattened = 0.25, (1 - 3 / math.sqrt(20)) / 2
+    assert RD4ADLoss(LossForm.PER_PIXEL)([t], [s]).item() == pytest.approx(per_pixel, abs=1e-6)
+    assert RD4ADLoss("flattened")([t], [s]).item() == pytest.approx(flattened, abs=1e-6)
+    assert RD4ADLoss()([t], [s]).item() == pytest.approx(flattened, abs=1e-6)  # official by default
+    assert RD4ADLoss("per_pixel")([t, t], [s, t]).item() == pytest.approx(per_pixel, abs=1e-6)  # summed over layers
+
+
+def test_options_parse_to_strenums_and_hparams_drive_the_optimiser() -> None:
+    """String options reach the model as enums, stay plain strings in hparams; bad values name the argument."""
+    model = RD4AD(**LITE0, pre_trained=False, student_activation="none", loss_form=LossForm.PER_PIXEL)
+    assert model.loss.form is LossForm.PER_PIXEL
+    assert model.model.student_relu == [False, False, False]
+    assert model.hparams.loss_form == "per_pixel" and type(model.hparams.loss_form) is str
+    assert type(model.hparams.student_activation) is str and type(model.hparams.anomaly_map_mode) is str
+    model.hparams.lr = 0.01
+    assert model.configure_optimizers().defaults["lr"] == 0.01
+    with pytest.raises(ValueError, match="loss_form"):
+        RD4AD(**LITE0, pre_trained=False, loss_form="cosine")
+    with pytest.raises(ValueError, match="student_activation"):
+        RD4AD(**LITE0, pre_trained=False, student_activation="sigmoid")
 
 
 def test_map_sums_layers_and_smooths_with_a_33_pixel_kernel() -> None:

@@ -21,7 +21,9 @@ from anomalib_ext.components.neighbor_attention import (
     QueryDecoderLayer,
     neighbor_mask,
 )
+from anomalib_ext.models.uniad import PositionEmbedding
 from anomalib_ext.models.uniad.anomaly_map import AnomalyMapGenerator
+from anomalib_ext.models.uniad.torch_model import DEFAULT_BACKBONE, LearnedPositionEmbedding, SinePositionEmbedding
 from tests.helpers import assert_openvino_parity, fit_and_test
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "uniad"
@@ -202,12 +204,29 @@ def test_default_recipe_matches_official() -> None:
     assert optimizer.defaults["lr"] == 1e-4 and optimizer.defaults["weight_decay"] == 1e-4
     assert (scheduler.step_size, scheduler.gamma) == (800, 0.1)
     assert model.input_size == (224, 224)
+    # the official lukemelas 'efficientnet-b4' weights are the TF AutoAugment checkpoint, not timm's default
+    assert model.hparams.backbone == DEFAULT_BACKBONE == "tf_efficientnet_b4.aa_in1k"
+
+
+def test_options_and_hparams() -> None:
+    """pos_embed parses to the StrEnum, is stored as a plain string, bad values name the argument;
+    the optimiser and scheduler read hparams."""
+    model = tiny_model(pre_trained=False, pos_embed=PositionEmbedding.SINE)
+    assert isinstance(model.model.pos_embed, SinePositionEmbedding)
+    assert model.hparams.pos_embed == "sine" and type(model.hparams.pos_embed) is str
+    assert isinstance(tiny_model(pre_trained=False, pos_embed="learned").model.pos_embed, LearnedPositionEmbedding)
+    with pytest.raises(ValueError, match="pos_embed"):
+        tiny_model(pre_trained=False, pos_embed="rotary")
+    model.hparams.lr, model.hparams.lr_step_epochs = 3e-4, 5
+    config = model.configure_optimizers()
+    assert config["optimizer"].defaults["lr"] == 3e-4
+    assert config["lr_scheduler"]["scheduler"].step_size == 5
 
 
 def test_default_backbone_offline_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The paper's tf_efficientnet_b4 has no offline weights: a clear error, no download."""
+    """The paper's tf_efficientnet_b4.aa_in1k has no offline weights: a clear error naming the file, no download."""
     monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(BackboneWeightsError, match="tf_efficientnet_b4"):
+    with pytest.raises(BackboneWeightsError, match=r"tf_efficientnet_b4\.aa_in1k"):
         UniAD()
 
 
@@ -221,6 +240,8 @@ def test_configs_match_signature() -> None:
         assert config["model"]["class_path"] == "anomalib_ext.UniAD", path
         assert set(config["model"].get("init_args", {})) <= accepted, path
         assert config["trainer"]["max_epochs"] >= 1, path
+        if path.name.startswith("mvtec"):  # paper settings: the official backbone weights
+            assert config["model"]["init_args"]["backbone"] == DEFAULT_BACKBONE, path
     assert len(list(CONFIGS.glob("*.yaml"))) == 3
 
 

@@ -3,8 +3,9 @@
 Differences from anomalib's ``ReverseDistillation`` (details in ``docs/models/rd4ad.md``): Adam
 betas ``(0.5, 0.999)`` as official (anomalib: 0.99); the one-class embedding at the official
 width (``width_per_group=128``; anomalib's is half); torchvision ImageNet weights loaded from a
-local file or the Lite0 package instead of a hub download; any timm CNN as teacher; AUPRO in
-the default metrics.
+local file or the Lite0 package instead of a hub download; other timm CNNs as teacher, with the
+student's output ReLU kept only where the teacher's output is non-negative (``student_activation``);
+the paper's per-pixel loss as an option (``loss_form``); AUPRO in the default metrics.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -17,7 +18,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -32,8 +34,19 @@ from torch import optim
 from anomalib_ext.components.evaluation import default_evaluator
 
 from .anomaly_map import MapFusion
-from .loss import RD4ADLoss
-from .torch_model import RD4ADModel
+from .loss import LossForm, RD4ADLoss
+from .torch_model import RD4ADModel, StudentActivation
+
+OptionT = TypeVar("OptionT", bound=StrEnum)
+
+
+def parse_option(enum: type[OptionT], value: str, name: str) -> OptionT:
+    """``enum(value)``, or a ``ValueError`` naming the argument and its choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        msg = f"{name}={value!r}; expected one of {[member.value for member in enum]}."
+        raise ValueError(msg) from None
 
 
 class RD4AD(AnomalibModule):
@@ -53,13 +66,20 @@ class RD4AD(AnomalibModule):
         decoder_width_ratio: student bottleneck width / output channels (official 0.5).
         anomaly_map_mode: ``"add"`` (official) or ``"multiply"`` the per-layer maps.
         sigma: Gaussian smoothing of the map (official 4).
+        student_activation: ``"auto"`` (ReLU at the end of a student level only where the teacher
+            layer is non-negative: ResNets yes, EfficientNets no), ``"relu"`` (official), ``"none"``.
+        loss_form: ``"flattened"`` (official code: one cosine per flattened map) or
+            ``"per_pixel"`` (paper Eq. 2: cosine per position, averaged).
         lr, betas: Adam settings (official 0.005, ``(0.5, 0.999)``).
+
+    The options are stored in ``hparams`` as plain strings, so checkpoints and config dumps hold
+    no enum objects.
     """
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """Allow ``MapFusion`` in ``weights_only=True`` checkpoint loads."""
-        return (MapFusion,)
+        """Allow the option enums in ``weights_only=True`` loads of checkpoints that stored them."""
+        return (MapFusion, StudentActivation, LossForm)
 
     def __init__(
         self,
@@ -72,8 +92,10 @@ class RD4AD(AnomalibModule):
         oce_width: int | None = None,
         decoder_blocks: Sequence[int] = (3, 4, 6),
         decoder_width_ratio: float = 0.5,
-        anomaly_map_mode: str = "add",
+        anomaly_map_mode: MapFusion | str = MapFusion.ADD,
         sigma: float = 4.0,
+        student_activation: StudentActivation | str = StudentActivation.AUTO,
+        loss_form: LossForm | str = LossForm.FLATTENED,
         lr: float = 0.005,
         betas: Sequence[float] = (0.5, 0.999),
         pre_processor: PreProcessor | bool = True,
@@ -81,14 +103,16 @@ class RD4AD(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # Plain strings *before* anomalib's save_hyperparameters reads these locals (see the docstring).
+        anomaly_map_mode = parse_option(MapFusion, anomaly_map_mode, "anomaly_map_mode").value
+        student_activation = parse_option(StudentActivation, student_activation, "student_activation").value
+        loss_form = parse_option(LossForm, loss_form, "loss_form").value
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.lr = lr
-        self.betas = (float(betas[0]), float(betas[1]))
         self.model = RD4ADModel(
             backbone=backbone,
             layers=tuple(layers),
@@ -101,8 +125,9 @@ class RD4AD(AnomalibModule):
             decoder_width_ratio=decoder_width_ratio,
             anomaly_map_mode=anomaly_map_mode,
             sigma=sigma,
+            student_activation=student_activation,
         )
-        self.loss = RD4ADLoss()
+        self.loss = RD4ADLoss(form=loss_form)
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -112,7 +137,8 @@ class RD4AD(AnomalibModule):
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the OCBE and the student (the teacher is frozen), official lr and betas."""
         parameters = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
-        return optim.Adam(parameters, lr=self.lr, betas=self.betas)
+        betas = (float(self.hparams.betas[0]), float(self.hparams.betas[1]))
+        return optim.Adam(parameters, lr=self.hparams.lr, betas=betas)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Distil the teacher's multi-scale features into the student through the bottleneck."""

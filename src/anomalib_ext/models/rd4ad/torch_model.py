@@ -1,7 +1,8 @@
 """RD4AD in torch: frozen teacher encoder, one-class bottleneck embedding (OCBE), student decoder.
 
 Follows the official code (hq-deng/RD4AD, ``resnet.py``/``de_resnet.py``) but derives every
-channel count and stride from the teacher's timm feature info, so any CNN works:
+channel count and stride from the teacher's timm feature info, so other timm CNNs work too
+(feature strides must double between layers):
 
 - MFF: each shallower feature goes through ``log2(stride ratio)`` 3x3 stride-2 conv + BN + ReLU
   steps, each step moving to the next level's channels (for WideResNet50-2: 256->512->1024 and
@@ -11,21 +12,61 @@ channel count and stride from the teacher's timm feature info, so any CNN works:
   ``oce_width`` (default ``C_last``: the official ``width_per_group=128``; anomalib uses half).
 - Student: a de-ResNet: per level, a stride-2 transposed-conv bottleneck (2x2 deconv in the main
   path and in the shortcut) followed by plain bottlenecks, mirroring the teacher level by level.
+  Officially each level's last block ends in ReLU, right for ResNet teachers (post-ReLU
+  outputs). EfficientNet stages end in a linear bottleneck whose outputs are signed, which a
+  ReLU-ended student can never match, so ``student_activation="auto"`` (default) keeps that ReLU
+  only where the teacher layer is non-negative; ``"relu"`` is the official form, ``"none"`` drops it.
+- Init: as official (and anomalib), Kaiming-normal ``fan_out``/ReLU on every ``nn.Conv2d`` of
+  the OCBE and the student, BatchNorm weight 1 and bias 0. The official ``isinstance(m,
+  nn.Conv2d)`` test does not match ``nn.ConvTranspose2d``, so the 2x2 deconvs keep PyTorch's
+  default init there and here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from anomalib_ext.components.backbone import create_backbone, feature_shapes
+from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import AnomalyMapGenerator, MapFusion
+
+
+class StudentActivation(StrEnum):
+    """Whether each student level ends in ReLU.
+
+    ``auto``: only where the teacher layer is non-negative (post-ReLU ResNet stages yes,
+    EfficientNet linear bottlenecks no); ``relu``: always (official code); ``none``: never.
+    """
+
+    AUTO = "auto"
+    RELU = "relu"
+    NONE = "none"
+
+
+def student_relu_flags(activation: StudentActivation | str, encoder: TimmFeatureExtractor) -> list[bool]:
+    """Per teacher layer (shallow to deep): does the matching student level end in ReLU?"""
+    activation = StudentActivation(activation)
+    if activation is StudentActivation.AUTO:
+        return nonnegative_outputs(encoder)
+    return [activation is StudentActivation.RELU] * len(encoder.out_dims)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Official init: Kaiming-normal (``fan_out``, ReLU) on ``nn.Conv2d``, BatchNorm weight 1 / bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -69,9 +110,12 @@ class Bottleneck(nn.Module):
 
 
 class DeBottleneck(nn.Module):
-    """The student's bottleneck: the 3x3 conv becomes a 2x2 stride-``k`` transposed conv when upsampling."""
+    """The student's bottleneck: the 3x3 conv becomes a 2x2 stride-``k`` transposed conv when upsampling.
 
-    def __init__(self, in_ch: int, width: int, out_ch: int, upsample: int = 1) -> None:
+    ``out_relu=False`` drops the ReLU after the residual sum, so the block can output signed values.
+    """
+
+    def __init__(self, in_ch: int, width: int, out_ch: int, upsample: int = 1, out_relu: bool = True) -> None:
         super().__init__()
         middle = (
             nn.ConvTranspose2d(width, width, upsample, stride=upsample, bias=False)
@@ -93,7 +137,7 @@ class DeBottleneck(nn.Module):
             self.shortcut = nn.Sequential(
                 nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False), nn.BatchNorm2d(out_ch)
             )
-        self.relu = nn.ReLU(inplace=True)
+        self.relu: nn.Module = nn.ReLU(inplace=True) if out_relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))
@@ -122,6 +166,7 @@ class OneClassBottleneck(nn.Module):
         blocks += [Bottleneck(embed, width, embed) for _ in range(oce_blocks - 1)]
         self.oce = nn.Sequential(*blocks)
         self.out_channels = embed
+        init_weights(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         aligned = [align(feature) for align, feature in zip(self.align, features[:-1], strict=True)]
@@ -129,7 +174,11 @@ class OneClassBottleneck(nn.Module):
 
 
 class DeResNetDecoder(nn.Module):
-    """Student decoder mirroring the teacher: deepest level first, returns features shallow-to-deep."""
+    """Student decoder mirroring the teacher: deepest level first, returns features shallow-to-deep.
+
+    ``output_relu`` (shallow to deep, default all ``True`` as official) says whether each level's
+    last block ends in ReLU; blocks inside a level always do.
+    """
 
     def __init__(
         self,
@@ -137,20 +186,31 @@ class DeResNetDecoder(nn.Module):
         in_channels: int,
         blocks: Sequence[int] = (3, 4, 6),
         width_ratio: float = 0.5,
+        output_relu: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if len(blocks) != len(shapes):
             msg = f"decoder_blocks needs one entry per teacher layer ({len(shapes)}), got {list(blocks)}."
             raise ValueError(msg)
+        relu = [True] * len(shapes) if output_relu is None else [bool(flag) for flag in output_relu]
+        if len(relu) != len(shapes):
+            msg = f"output_relu needs one flag per teacher layer ({len(shapes)}), got {relu}."
+            raise ValueError(msg)
         self.stages = nn.ModuleList()
         current, stride = in_channels, 2 * shapes[-1][1]
-        for (out_ch, out_stride), count in zip(reversed(shapes), blocks, strict=True):
+        for (out_ch, out_stride), count, last_relu in zip(reversed(shapes), blocks, reversed(relu), strict=True):
             upsample = stride // out_stride
             width = max(1, int(out_ch * width_ratio))
-            layers: list[nn.Module] = [DeBottleneck(current, width, out_ch, upsample=upsample)]
-            layers += [DeBottleneck(out_ch, width, out_ch) for _ in range(count - 1)]
+            inputs = [current] + [out_ch] * (count - 1)
+            upsamples = [upsample] + [1] * (count - 1)
+            relus = [True] * (count - 1) + [last_relu]
+            layers = [
+                DeBottleneck(in_ch, width, out_ch, up, out_relu=r)
+                for in_ch, up, r in zip(inputs, upsamples, relus, strict=True)
+            ]
             self.stages.append(nn.Sequential(*layers))
             current, stride = out_ch, out_stride
+        init_weights(self)
 
     def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
@@ -162,7 +222,11 @@ class DeResNetDecoder(nn.Module):
 
 
 class RD4ADModel(nn.Module):
-    """Teacher encoder -> OCBE -> student decoder; in eval mode returns anomaly map and score."""
+    """Teacher encoder -> OCBE -> student decoder; in eval mode returns anomaly map and score.
+
+    ``student_relu`` records, shallow to deep, whether each student level ends in ReLU
+    (resolved from ``student_activation`` against the teacher, see :class:`StudentActivation`).
+    """
 
     def __init__(
         self,
@@ -175,8 +239,9 @@ class RD4ADModel(nn.Module):
         oce_width: int | None = None,
         decoder_blocks: Sequence[int] = (3, 4, 6),
         decoder_width_ratio: float = 0.5,
-        anomaly_map_mode: str = "add",
+        anomaly_map_mode: MapFusion | str = MapFusion.ADD,
         sigma: float = 4.0,
+        student_activation: StudentActivation | str = StudentActivation.AUTO,
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
@@ -185,8 +250,11 @@ class RD4ADModel(nn.Module):
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(False)
         shapes = feature_shapes(self.encoder)
+        self.student_relu = student_relu_flags(student_activation, self.encoder)
         self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
-        self.decoder = DeResNetDecoder(shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio)
+        self.decoder = DeResNetDecoder(
+            shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio, output_relu=self.student_relu
+        )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
 
     def train(self, mode: bool = True) -> RD4ADModel:

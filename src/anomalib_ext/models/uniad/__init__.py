@@ -1,6 +1,6 @@
 """UniAD: a unified model for multi-class anomaly detection (You et al., NeurIPS 2022)."""
 
 from .lightning_model import UniAD
-from .torch_model import UniADModel
+from .torch_model import PositionEmbedding, UniADModel
 
-__all__ = ["UniAD", "UniADModel"]
+__all__ = ["PositionEmbedding", "UniAD", "UniADModel"]

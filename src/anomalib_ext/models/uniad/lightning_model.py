@@ -32,8 +32,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_ext.components.evaluation import default_evaluator
+
 from .loss import UniADLoss
-from .torch_model import UniADModel
+from .torch_model import DEFAULT_BACKBONE, PositionEmbedding, UniADModel
 
 __all__ = ["UniAD"]
 
@@ -45,9 +47,11 @@ class UniAD(AnomalibModule):
     """UniAD with the official MVTec recipe as defaults.
 
     Args:
-        backbone: timm CNN name; the paper's ``tf_efficientnet_b4`` needs a local weights file
-            offline (see :func:`anomalib_ext.components.create_backbone`); ``efficientnet_lite0``
-            has offline ImageNet weights.
+        backbone: timm CNN name with optional pretrained tag. Default ``tf_efficientnet_b4.aa_in1k``:
+            the TF AutoAugment EfficientNet-B4 checkpoint that the official code loads (lukemelas'
+            ``efficientnet-b4``); untagged, timm would pick its Noisy Student ``ns_jft_in1k``. It
+            needs a local weights file offline (see :func:`anomalib_ext.components.create_backbone`);
+            ``efficientnet_lite0`` has offline ImageNet weights.
         layers: feature layers (names or ``features_only`` indices); ``(0, 1, 2, 3)`` is the
             official "stages 1-4" of EfficientNet (strides 2-16).
         pre_trained / weights / allow_download: passed to the shared backbone component.
@@ -58,7 +62,7 @@ class UniAD(AnomalibModule):
         neighbor_size: window ``(h, w)`` each token may not attend to (official 7x7).
         neighbor_mask_in: use the mask in (encoder, decoder memory attn, decoder previous attn).
         jitter_scale, jitter_prob: feature jitter (official 20, 1.0); ``0`` disables it.
-        pos_embed: ``"learned"`` (official MVTec config) or ``"sine"``.
+        pos_embed: ``"learned"`` (official MVTec config) or ``"sine"`` (stored in ``hparams`` as a plain string).
         pool_size: average-pooling window for the image score (official 16).
         lr, weight_decay: AdamW (official 1e-4, 1e-4).
         lr_step_epochs, lr_gamma: StepLR (official step 800 of 1000 epochs, x0.1).
@@ -67,7 +71,7 @@ class UniAD(AnomalibModule):
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_b4",
+        backbone: str = DEFAULT_BACKBONE,
         layers: Sequence[str | int] = (0, 1, 2, 3),
         pre_trained: bool = True,
         weights: str | None = None,
@@ -84,7 +88,7 @@ class UniAD(AnomalibModule):
         neighbor_mask_in: Sequence[bool] = (True, True, True),
         jitter_scale: float = 20.0,
         jitter_prob: float = 1.0,
-        pos_embed: str = "learned",
+        pos_embed: PositionEmbedding | str = PositionEmbedding.LEARNED,
         pool_size: int = 16,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
@@ -95,6 +99,12 @@ class UniAD(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # A plain string *before* anomalib's save_hyperparameters reads these locals: no enums in checkpoints.
+        try:
+            pos_embed = PositionEmbedding(pos_embed).value
+        except ValueError:
+            msg = f"pos_embed={pos_embed!r}; expected one of {[member.value for member in PositionEmbedding]}."
+            raise ValueError(msg) from None
         size = (int(input_size[0]), int(input_size[1]))
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
@@ -126,10 +136,16 @@ class UniAD(AnomalibModule):
             pool_size=pool_size,
         )
         self.loss = UniADLoss()
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.lr_step_epochs = lr_step_epochs
-        self.lr_gamma = lr_gamma
+
+    @classmethod
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """Allow ``PositionEmbedding`` in ``weights_only=True`` loads of checkpoints that stored it."""
+        return (PositionEmbedding,)
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """anomalib's default metrics plus pixel AUPRO: the evaluator every entry point uses, so checkpoints load."""
+        return default_evaluator()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -154,9 +170,10 @@ class UniAD(AnomalibModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the trainable (non-backbone) parameters; StepLR per epoch, as the official trainer."""
+        hparams = self.hparams
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = optim.AdamW(parameters, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
-        scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
+        optimizer = optim.AdamW(parameters, lr=hparams.lr, betas=(0.9, 0.999), weight_decay=hparams.weight_decay)
+        scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=hparams.lr_step_epochs, gamma=hparams.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     @property

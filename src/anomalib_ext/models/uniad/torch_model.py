@@ -2,7 +2,8 @@
 
 Pipeline (official ``zhiyuanyou/UniAD``, ``experiments/MVTec-AD/config.yaml``):
 
-1. a frozen ImageNet backbone (default ``tf_efficientnet_b4``, stages 1-4 = timm feature indices
+1. a frozen ImageNet backbone (default ``tf_efficientnet_b4.aa_in1k``: the TF AutoAugment
+   checkpoint the official code loads through its lukemelas port; stages 1-4 = timm feature indices
    0-3: 24+32+56+160 = 272 channels) gives multi-scale features; each is resized bilinearly
    (``align_corners=True``, the official MFCN neck) to one grid, ``input_size / outstride``
    (14x14 at 224 px, outstride = the deepest stride used, 16), and concatenated;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -32,6 +34,15 @@ from anomalib_ext.components.feature_jitter import FeatureJitter
 from anomalib_ext.components.neighbor_attention import MaskedEncoderLayer, QueryDecoderLayer, neighbor_mask
 
 from .anomaly_map import AnomalyMapGenerator
+
+DEFAULT_BACKBONE = "tf_efficientnet_b4.aa_in1k"
+
+
+class PositionEmbedding(StrEnum):
+    """Position embedding of the transformer: ``learned`` (official MVTec config) or ``sine``."""
+
+    LEARNED = "learned"
+    SINE = "sine"
 
 
 class LearnedPositionEmbedding(nn.Module):
@@ -79,7 +90,7 @@ class UniADModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_b4",
+        backbone: str = DEFAULT_BACKBONE,
         layers: Sequence[str | int] = (0, 1, 2, 3),
         pre_trained: bool = True,
         weights: str | Path | None = None,
@@ -96,7 +107,7 @@ class UniADModel(nn.Module):
         neighbor_mask_in: Sequence[bool] = (True, True, True),
         jitter_scale: float = 20.0,
         jitter_prob: float = 1.0,
-        pos_embed: str = "learned",
+        pos_embed: PositionEmbedding | str = PositionEmbedding.LEARNED,
         pool_size: int = 16,
     ) -> None:
         super().__init__()
@@ -115,13 +126,11 @@ class UniADModel(nn.Module):
 
         self.jitter = FeatureJitter(jitter_scale, jitter_prob)
         self.input_proj = nn.Linear(channels, hidden_dim)
-        if pos_embed == "learned":
-            self.pos_embed: nn.Module = LearnedPositionEmbedding(self.grid_size, hidden_dim)
-        elif pos_embed == "sine":
-            self.pos_embed = SinePositionEmbedding(self.grid_size, hidden_dim)
-        else:
-            msg = f"pos_embed must be 'learned' or 'sine', got {pos_embed!r}."
-            raise ValueError(msg)
+        self.pos_embed: nn.Module = (
+            LearnedPositionEmbedding(self.grid_size, hidden_dim)
+            if PositionEmbedding(pos_embed) is PositionEmbedding.LEARNED
+            else SinePositionEmbedding(self.grid_size, hidden_dim)
+        )
         self.encoder = nn.ModuleList(
             MaskedEncoderLayer(hidden_dim, num_heads, dim_feedforward, dropout) for _ in range(num_encoder_layers)
         )
