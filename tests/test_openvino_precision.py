@@ -80,3 +80,29 @@ def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
     ]
     assert not offenders, f"compile OpenVINO through anomalib_ext.deploy.compile_openvino instead: {offenders}"
     assert "inference_precision" in RUNTIME.read_text()
+
+
+@pytest.mark.slow
+def test_precision_rows_score_the_same_weights(tiny_datamodule, tmp_path: Path) -> None:
+    """The f32 row reproduces torch's AUROC of the same inference graph; bf16 and INT8 rows are there and sane."""
+    from anomalib_ext.callbacks import score_test_set
+    from anomalib_ext.deploy.precision_benchmark import precision_rows
+    from tests.helpers import make_engine
+
+    model = RD4AD(
+        backbone="efficientnet_lite0",
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
+        visualizer=False,
+    )
+    make_engine(tmp_path / "fit").fit(model=model, datamodule=tiny_datamodule)  # thresholds and normalisation
+    torch_image, torch_pixel = score_test_set(model, tiny_datamodule.test_dataloader(), full_graph=True)
+    rows = precision_rows(model, tiny_datamodule, 64, tmp_path)
+    assert [(row["IR"], row["inference precision"].split()[0]) for row in rows] == [
+        ("fp32", "f32"),
+        ("fp32", "bf16" if cpu_has_bf16() else "f32"),
+        ("int8", "f32"),
+    ]
+    assert rows[0]["image AUROC"] == pytest.approx(torch_image, abs=1e-6)
+    assert rows[0]["pixel AUROC"] == pytest.approx(torch_pixel, abs=1e-4)
+    assert all(0.0 <= row["image AUROC"] <= 1.0 and row["batch-1 latency"].endswith(" ms") for row in rows)

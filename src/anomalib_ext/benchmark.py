@@ -52,8 +52,21 @@ COLUMNS = (
     "train time",
     "torch latency",
     "OpenVINO CPU latency",
+    "curve (epoch: image / pixel AUROC)",
     "hardware",
     "date",
+)
+
+
+DEPLOY_COLUMNS = (
+    "model",
+    "dataset",
+    "IR",
+    "inference precision",
+    "image AUROC",
+    "pixel AUROC",
+    "batch-1 latency",
+    "hardware",
 )
 
 
@@ -206,7 +219,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_ext.callbacks import EpochProgress
+    from anomalib_ext.callbacks import EpochProgress, TestCurve
     from anomalib_ext.data import MVTecStyle
 
     seed_everything(args.seed, workers=True)
@@ -219,6 +232,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         eval_batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
+    datamodule.setup()
+    curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     engine = Engine(
@@ -227,7 +242,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         accelerator=accelerator,
         devices=1,
         logger=False,
-        callbacks=[EpochProgress()],
+        callbacks=[EpochProgress(), *([curve] if curve else [])],
         enable_progress_bar=False,
         check_val_every_n_epoch=args.epochs,  # validation is the test split: run it once, for the thresholds
     )
@@ -252,17 +267,68 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
         "hardware": hardware(),
         "date": dt.date.today().isoformat(),
+        "curve (epoch: image / pixel AUROC)": curve_text(curve.points) if curve else "",
         "torch_ms": torch_ms,
         "openvino_ms": ov_ms,
         "metrics": metrics,
         "args": vars(args),
     }
+    row["variants"] = [
+        {
+            **row,
+            **variant_row(engine, model, datamodule, variant),
+            "model": f"{row['model']} [{variant_label(variant)}]",
+        }
+        for variant in args.variants
+    ]
+    if args.deploy_precisions:
+        from anomalib_ext.deploy.precision_benchmark import precision_rows
+
+        row["deploy"] = precision_rows(model, datamodule, args.image_size, work / "precisions")
+        for deploy_row in row["deploy"]:
+            print(json.dumps(deploy_row, default=str))
+        if args.output:
+            for deploy_row in row["deploy"]:
+                append_row(
+                    args.output,
+                    f"{args.section}: deployment precisions",
+                    {**deploy_row, "model": row["model"], "dataset": row["dataset"], "hardware": row["hardware"]},
+                    DEPLOY_COLUMNS,
+                )
     if args.plots:
         row["_grid"] = grid_maps(model, datamodule, args.grid_images)
     saved = {k: v for k, v in row.items() if not k.startswith("_")}
     (work / "benchmark.json").write_text(json.dumps(saved, indent=2, default=str))
     print(json.dumps({k: v for k, v in saved.items() if k != "args"}, indent=2, default=str))
     return row
+
+
+def variant_label(variant: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in variant.items())
+
+
+def variant_row(engine: Any, model: Any, datamodule: Any, variant: dict[str, Any]) -> dict[str, Any]:
+    """Test the trained model again with torch-model attributes changed (e.g. RSTPM's ``score_map``).
+
+    For choices a model can switch after training, so one training scores every form of its map.
+    The original values are restored afterwards.
+    """
+    original = {key: getattr(model.model, key) for key in variant}
+    for key, value in variant.items():
+        setattr(model.model, key, value)
+    try:
+        metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+    finally:
+        for key, value in original.items():
+            setattr(model.model, key, value)
+    print(f"variant {variant_label(variant)}: {metrics}")
+    return {
+        "image AUROC": metrics.get("image_AUROC"),
+        "pixel AUROC": metrics.get("pixel_AUROC"),
+        "AUPRO": metrics.get("pixel_AUPRO"),
+        "curve (epoch: image / pixel AUROC)": "",
+        "metrics": metrics,
+    }
 
 
 def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -302,6 +368,14 @@ def write_plots(rows: list[dict[str, Any]], folder: Path, title: str) -> list[Pa
     return written
 
 
+def curve_text(points: list[tuple[int, float, float | None]]) -> str:
+    """``2: 71.3 / 55.0, 4: ...``: the test AUROC at each scored epoch."""
+    return ", ".join(
+        f"{epoch}: {100 * image:.1f}" + (f" / {100 * pixel:.1f}" if pixel is not None else "")
+        for epoch, image, pixel in points
+    )
+
+
 def format_cell(value: Any) -> str:
     """Metrics as percentages with one decimal, everything else as text."""
     if isinstance(value, float):
@@ -309,11 +383,11 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def append_row(path: Path, section: str, row: dict[str, Any]) -> None:
+def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> None:
     """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    line = "| " + " | ".join(format_cell(row.get(column, "")) for column in COLUMNS) + " |\n"
+    header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    line = "| " + " | ".join(format_cell(row.get(column, "")) for column in columns) + " |\n"
     title = f"## {section}\n"
     if title not in text:
         text = text.rstrip("\n") + f"\n\n{title}\n{header}{line}"
@@ -356,6 +430,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plots", type=Path, default=None, help="folder for heatmaps.png and accuracy_vs_latency.png")
     parser.add_argument("--grid-images", type=int, default=6, help="test images in the heat-map grid")
     parser.add_argument(
+        "--variants",
+        nargs="*",
+        type=json.loads,
+        default=[],
+        help='after testing, test again with torch-model attributes set, one JSON object each: \'{"score_map": "discriminator"}\'',
+    )
+    parser.add_argument(
+        "--deploy-precisions",
+        action="store_true",
+        help="also score the OpenVINO export at f32, bf16 and INT8 (accuracy and batch-1 latency, same weights)",
+    )
+    parser.add_argument(
+        "--curve-every", type=int, default=0, help="score the test split every N epochs (the training curve); 0: off"
+    )
+    parser.add_argument(
         "--precision",
         choices=("f32", "bf16", "f16"),
         default="f32",
@@ -375,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run_benchmark(run_args)
         rows.append(row)
         if args.output:
-            append_row(args.output, args.section, row)
+            for table_row in (row, *row["variants"]):
+                append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:
         title = f"{Path(args.data).name}, {args.backbone or 'default backbones'}, {args.image_size} px, {args.epochs} epochs"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 
@@ -23,3 +25,64 @@ class EpochProgress(Callback):
         elapsed = time.perf_counter() - self.start
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {elapsed / 60:.1f} min{loss_text}", flush=True)
         sys.stdout.flush()
+
+
+class TestCurve(Callback):
+    """Image and pixel AUROC on the test split every ``every`` epochs: the training curve of a run.
+
+    Lightning's validation is the test split for MVTec-style data, but it also refits anomalib's
+    thresholds and normalisation; this callback only scores, from the raw model outputs (AUROC
+    does not depend on a monotonic normalisation), so the curve costs one test pass per point
+    and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``.
+    """
+
+    def __init__(self, dataloader: Any, every: int) -> None:
+        if every < 1:
+            msg = f"every must be at least 1 epoch; got {every}."
+            raise ValueError(msg)
+        self.dataloader = dataloader
+        self.every = every
+        self.points: list[tuple[int, float, float | None]] = []
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader)
+        self.points.append((epoch, image_auroc, pixel_auroc))
+        pixel_text = f", pixel AUROC {100 * pixel_auroc:.1f}" if pixel_auroc is not None else ""
+        print(f"epoch {epoch}: image AUROC {100 * image_auroc:.1f}{pixel_text}", flush=True)
+
+
+def score_test_set(pl_module: Any, dataloader: Any, full_graph: bool = False) -> tuple[float, float | None]:
+    """Image AUROC of the scores and pixel AUROC of the maps over ``dataloader`` (``None`` without masks).
+
+    By default the raw model outputs after the model's pre-processing (what training optimises;
+    usable before any threshold exists). ``full_graph=True`` scores the whole inference graph,
+    post-processing included, exactly as it is exported.
+    """
+    from torch.nn.functional import interpolate
+    from torchmetrics.functional.classification import binary_auroc
+
+    was_training = pl_module.training
+    pl_module.eval()
+    scores, labels, maps, masks = [], [], [], []
+    with torch.no_grad():
+        for batch in dataloader:
+            images = batch.image.to(pl_module.device)
+            if full_graph:
+                output = pl_module(images)
+            else:
+                output = pl_module.model(pl_module.pre_processor(images) if pl_module.pre_processor else images)
+            scores.append(output.pred_score.flatten().float().cpu())
+            labels.append(batch.gt_label.flatten().int())
+            if batch.gt_mask is not None:
+                anomaly_map = output.anomaly_map.reshape(len(images), 1, *output.anomaly_map.shape[-2:]).float()
+                if anomaly_map.shape[-2:] != batch.gt_mask.shape[-2:]:
+                    anomaly_map = interpolate(anomaly_map, size=batch.gt_mask.shape[-2:], mode="bilinear")
+                maps.append(anomaly_map.flatten().cpu())
+                masks.append(batch.gt_mask.flatten().int())
+    pl_module.train(was_training)
+    image_auroc = float(binary_auroc(torch.cat(scores), torch.cat(labels)))
+    pixel_auroc = float(binary_auroc(torch.cat(maps), torch.cat(masks))) if masks else None
+    return image_auroc, pixel_auroc

@@ -44,6 +44,13 @@ def compile_openvino(model: Any, device: str = "CPU", precision: str = Inference
     return ov.Core().compile_model(source, device, {hints.inference_precision: element_type})
 
 
+def cpu_supports(capability: str) -> bool:
+    """Whether OpenVINO's CPU plugin lists ``capability`` (``BF16``, ``FP16``, ``INT8``) on this machine."""
+    import openvino as ov
+
+    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def compiled_precision(compiled: Any) -> str:
     """The inference precision a compiled model actually runs at (``f32``, ``bf16``, ``f16``)."""
     import openvino.properties.hint as hints
