@@ -7,7 +7,7 @@ builds fp32 normalisation tensors on every call, which may reject it), ``autocas
 and ``openvino`` (CPU, FP32 IR). Latency is per batch-1 call; throughput is images/s at larger
 batches. Timing brackets every call with a device synchronisation (CUDA) so it is wall time.
 
-    python -m anomalib_ext.models.efficientad.benchmark --device cuda --batch-sizes 1 16 64
+    python -m anomalib_ext.benchmark.teacher_speed --device cuda --batch-sizes 1 16 64
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .torch_model import EfficientADModel
+from anomalib_ext.models.efficientad.torch_model import EfficientADModel
 
 MODES = ("eager", "channels_last", "half", "autocast", "compile", "cuda_graph", "openvino")
 

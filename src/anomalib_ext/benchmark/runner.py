@@ -1,0 +1,130 @@
+"""Train, test and time one benchmark row (and its after-training variants and deployment precisions)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import build_model, model_arguments, model_backbone, resolve_model_class
+from .report import DEPLOY_COLUMNS, append_row, curve_text, grid_maps, variant_label
+from .timing import hardware, measure_latency
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit, test and time one model; return the row as a dict."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_ext.callbacks import EpochProgress, TestCurve
+    from anomalib_ext.data import MVTecStyle
+
+    seed_everything(args.seed, workers=True)
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
+    datamodule = MVTecStyle(
+        args.data,
+        image_size=args.image_size,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    datamodule.setup()
+    curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    engine = Engine(
+        default_root_dir=work,
+        max_epochs=args.epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[EpochProgress(), *([curve] if curve else [])],
+        enable_progress_bar=False,
+        check_val_every_n_epoch=args.epochs,  # validation is the test split: run it once, for the thresholds
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+    torch_ms, ov_ms = measure_latency(
+        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu", args.precision
+    )
+    row = {
+        "model": args.label or model_cls.__name__,
+        "dataset": Path(args.data).name,
+        "backbone": model_backbone(model, args.backbone),
+        "size": args.image_size,
+        "epochs": args.epochs,
+        "image AUROC": metrics.get("image_AUROC"),
+        "pixel AUROC": metrics.get("pixel_AUROC"),
+        "AUPRO": metrics.get("pixel_AUPRO"),
+        "train time": f"{train_seconds / 60:.1f} min",
+        "torch latency": f"{torch_ms:.1f} ms ({'GPU' if accelerator == 'gpu' else 'CPU'})",
+        "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
+        "hardware": hardware(),
+        "date": dt.date.today().isoformat(),
+        "curve (epoch: image / pixel AUROC)": curve_text(curve.points) if curve else "",
+        "torch_ms": torch_ms,
+        "openvino_ms": ov_ms,
+        "metrics": metrics,
+        "args": vars(args),
+    }
+    row["variants"] = [
+        {
+            **row,
+            **variant_row(engine, model, datamodule, variant),
+            "model": f"{row['model']} [{variant_label(variant)}]",
+        }
+        for variant in args.variants
+    ]
+    if args.deploy_precisions:
+        from anomalib_ext.deploy.precision_benchmark import precision_rows
+
+        row["deploy"] = precision_rows(model, datamodule, args.image_size, work / "precisions")
+        for deploy_row in row["deploy"]:
+            print(json.dumps(deploy_row, default=str))
+        if args.output:
+            for deploy_row in row["deploy"]:
+                append_row(
+                    args.output,
+                    f"{args.section}: deployment precisions",
+                    {**deploy_row, "model": row["model"], "dataset": row["dataset"], "hardware": row["hardware"]},
+                    DEPLOY_COLUMNS,
+                )
+    if args.plots:
+        row["_grid"] = grid_maps(model, datamodule, args.grid_images)
+    saved = {k: v for k, v in row.items() if not k.startswith("_")}
+    (work / "benchmark.json").write_text(json.dumps(saved, indent=2, default=str))
+    print(json.dumps({k: v for k, v in saved.items() if k != "args"}, indent=2, default=str))
+    return row
+
+
+def variant_row(engine: Any, model: Any, datamodule: Any, variant: dict[str, Any]) -> dict[str, Any]:
+    """Test the trained model again with torch-model attributes changed (e.g. RSTPM's ``score_map``).
+
+    For choices a model can switch after training, so one training scores every form of its map.
+    The original values are restored afterwards.
+    """
+    original = {key: getattr(model.model, key) for key in variant}
+    for key, value in variant.items():
+        setattr(model.model, key, value)
+    try:
+        metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+    finally:
+        for key, value in original.items():
+            setattr(model.model, key, value)
+    print(f"variant {variant_label(variant)}: {metrics}")
+    return {
+        "image AUROC": metrics.get("image_AUROC"),
+        "pixel AUROC": metrics.get("pixel_AUROC"),
+        "AUPRO": metrics.get("pixel_AUPRO"),
+        "curve (epoch: image / pixel AUROC)": "",
+        "metrics": metrics,
+    }
