@@ -13,7 +13,8 @@ OUT="${BENCH_OUTPUT:-$ROOT/docs/benchmarks.md}"
 WORK="${BENCH_WORK:-/tmp/anomalib_ext_fidelity}"
 cd "$ROOT"
 declare -A DATA=([mtd]="../shared/datasets/mtd" [tire]="datasets/tire")
-declare -A EPOCHS=([mtd]=8 [tire]=12)
+declare -A EPOCHS=([mtd]=4 [tire]=8)
+declare -A FORMS=([mtd]="relu:flattened auto:flattened" [tire]="relu:flattened auto:flattened auto:per_pixel")
 LITE0=(--backbone efficientnet_lite0 --layers blocks.1 blocks.2 blocks.4 --image-size 256 --batch-size 16 --num-workers 0)
 
 before_package() {  # the package as it was before the fidelity fixes, beside this checkout
@@ -29,8 +30,8 @@ for name in "${names[@]}"; do
   PYTHONPATH="$WORK/before/src" "$VENV/bin/python" -m anomalib_ext.benchmark --model RD4AD --data "$data" "${LITE0[@]}" \
     --epochs "$epochs" --label "RD4AD before (timm efficientnet_lite0, ImageNet norm, ReLU, default init)" \
     --work-dir "$WORK/$name/before" --output "$OUT" --section "$section"
-  for form in "relu flattened" "auto flattened" "auto per_pixel"; do
-    read -r activation loss <<< "$form"
+  for form in ${FORMS[$name]}; do
+    activation="${form%%:*}"; loss="${form##*:}"
     "$VENV/bin/anomalib-ext" benchmark --model RD4AD --data "$data" "${LITE0[@]}" --epochs "$epochs" \
       --curve-every 2 --model-args "{\"student_activation\": \"$activation\", \"loss_form\": \"$loss\"}" \
       --label "RD4AD after (student_activation=$activation, loss_form=$loss)" \
