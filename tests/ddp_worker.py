@@ -6,9 +6,10 @@ Run as a script (Lightning's DDP launcher re-executes this command line once per
 
 Each rank writes ``rank<r>.json``: a digest of every parameter and buffer after training, the
 model-specific state that must agree across ranks (EfficientAD's teacher statistics and map
-quantiles, RSTPM's stage per epoch), and the test metrics. With ``--devices 2``, rank 0 then
-tears the process group down and tests the same weights in a single process, so the test can
-check that the distributed metrics equal the single-process ones.
+quantiles, RSTPM's stage per epoch), the test metrics, and the image threshold with each test
+image's raw score (to explain a metric that differs). With ``--devices 2``, rank 0 then tears
+the process group down and tests the same weights in a single process, so the test can check
+that the distributed metrics equal the single-process ones.
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ def build(name: str, teacher: str | None) -> Any:
             teacher2="efficientnet_lite0",
             layers1=(*LITE0_LAYERS, "blocks.6"),
             layers2=LITE0_LAYERS,
-            discriminator_width=8,
-            stage1_epochs=1,
-            stage2_epochs=1,
+            discriminator_width=8,  # stage 1 = a quarter of max_epochs=2, rounded up to 1 epoch
             pre_processor=RSTPM.configure_pre_processor((SIZE, SIZE)),
             visualizer=False,
         )
@@ -67,7 +66,7 @@ def build(name: str, teacher: str | None) -> Any:
     raise ValueError(name)
 
 
-def digest(module: torch.nn.Module) -> dict[str, float]:
+def digest(module: torch.nn.Module) -> dict[str, list[float]]:
     """Sum and sum of squares of each floating tensor: equal across ranks iff the weights are."""
     return {
         key: [float(value.double().sum()), float(value.double().pow(2).sum())]
@@ -108,10 +107,31 @@ class StagesSeen(Callback):
             self.stages.append(int(pl_module.stage))
 
 
+class ImageScores(Callback):
+    """Each test image's raw ``pred_score`` (before normalisation), by image path, bit for bit.
+
+    Trainer callbacks run before the model's own (Lightning puts ``configure_callbacks`` after
+    them), so the scores are read before anomalib's post-processor normalises them in place.
+    """
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        for path, score in zip(outputs.image_path, outputs.pred_score.reshape(-1).tolist(), strict=True):
+            self.scores[str(path)] = score
+
+
+def scores_record(model: Any, scores: ImageScores) -> dict[str, Any]:
+    """The raw image threshold the labels come from and this process's test scores (JSON floats round-trip)."""
+    threshold = getattr(getattr(model, "post_processor", None), "image_threshold", None)
+    return {"image_threshold": float("nan") if threshold is None else float(threshold), "image_scores": scores.scores}
+
+
 def datamodule(args: argparse.Namespace) -> Any:
     from anomalib_ext.data import MVTecStyle, UnifiedMultiClass
 
-    options = {"image_size": SIZE, "train_batch_size": 4, "eval_batch_size": 2, "num_workers": 0}
+    options: dict[str, Any] = {"image_size": SIZE, "train_batch_size": 4, "eval_batch_size": 2, "num_workers": 0}
     if args.model == "efficientad":
         options["image_size"] = 128
     if args.unified:
@@ -142,6 +162,7 @@ def main() -> None:
     model = build(args.model, args.teacher)
     data = datamodule(args)
     stages = StagesSeen()
+    scores = ImageScores()
     engine = Engine(
         default_root_dir=args.out / "run",
         accelerator="cpu",
@@ -150,7 +171,7 @@ def main() -> None:
         max_epochs=2,
         logger=False,
         enable_progress_bar=False,
-        callbacks=[stages],
+        callbacks=[stages, scores],
     )
     engine.fit(model=model, datamodule=data)
     metrics = engine.test(model=model, datamodule=data, verbose=False)[0]
@@ -161,20 +182,25 @@ def main() -> None:
         "stages": stages.stages,
         "metrics": {key: float(value) for key, value in metrics.items()},
         "per_category": per_category(engine.trainer),
+        # this rank's shard only: the test gathers both ranks' records
+        "scores": scores_record(model, scores),
     }
     if args.devices > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         if rank == 0:  # the same weights, tested in one process
+            single_scores = ImageScores()
             single = Engine(
                 default_root_dir=args.out / "single",
                 accelerator="cpu",
                 devices=1,
                 logger=False,
                 enable_progress_bar=False,
+                callbacks=[single_scores],
             )
             reference = single.test(model=model, datamodule=datamodule(args), verbose=False)[0]
             record["single_process_metrics"] = {key: float(value) for key, value in reference.items()}
+            record["single_process_scores"] = scores_record(model, single_scores)
             record["single_process_per_category"] = per_category(single.trainer)
             if args.model == "efficientad":
                 record["efficientad"] = efficientad_statistics(model, data)

@@ -168,3 +168,123 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     data = json.loads(summary)
     assert data["max_map_difference"] < 1e-3
     assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) >= 4
+
+
+def _quiet_cli_args(texture_root: Path, root: Path) -> list[str]:
+    return [
+        "--model",
+        "RD4AD",
+        *LITE0_ARGS,
+        "--model.visualizer",
+        "false",
+        *_data_args(texture_root),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--default_root_dir",
+        str(root),
+    ]
+
+
+def test_cli_trainer_gets_the_device_safe_checkpoint_io(texture_root: Path, tmp_path: Path) -> None:
+    from anomalib_ext.cli import anomalib_cli_class
+    from anomalib_ext.plugins import DeviceSafeCheckpointIO
+
+    cli = anomalib_cli_class()(["test", *_quiet_cli_args(texture_root, tmp_path)], run=False)
+    plugins = cli.engine._cache.args["plugins"]
+    assert [type(plugin) for plugin in plugins] == [DeviceSafeCheckpointIO]
+
+
+def test_cli_keeps_a_checkpoint_io_the_user_chose(texture_root: Path, tmp_path: Path) -> None:
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from anomalib_ext.cli import anomalib_cli_class
+
+    args = [
+        "test",
+        *_quiet_cli_args(texture_root, tmp_path),
+        "--trainer.plugins",
+        "lightning.pytorch.plugins.TorchCheckpointIO",
+    ]
+    cli = anomalib_cli_class()(args, run=False)
+    assert type(cli.engine._cache.args["plugins"]) is TorchCheckpointIO
+
+
+def test_device_safe_checkpoint_io_is_added_only_without_one() -> None:
+    from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.pytorch.plugins.precision import DoublePrecision
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from anomalib_ext.plugins import DeviceSafeCheckpointIO, with_device_safe_checkpoint_io
+
+    assert [type(p) for p in with_device_safe_checkpoint_io(None)] == [DeviceSafeCheckpointIO]
+    precision = DoublePrecision()
+    assert [type(p) for p in with_device_safe_checkpoint_io(precision, "ddp")] == [
+        DoublePrecision,
+        DeviceSafeCheckpointIO,
+    ]
+    own = [precision, TorchCheckpointIO()]
+    assert with_device_safe_checkpoint_io(own) is own
+    strategy = DDPStrategy(checkpoint_io=TorchCheckpointIO())  # Lightning refuses a checkpoint IO in both places
+    assert with_device_safe_checkpoint_io(None, strategy) is None
+
+
+@pytest.mark.slow
+def test_cli_tests_a_gpu_checkpoint_on_a_cpu_machine(
+    texture_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``anomalib-ext test --ckpt_path`` of a checkpoint written on a GPU just works on the CPU."""
+    import torch
+
+    from anomalib_ext.cli import main
+    from tests.test_deploy import save_as_if_on_gpu
+
+    assert main(["fit", *_quiet_cli_args(texture_root, tmp_path / "fit")]) == 0
+    (checkpoint,) = (tmp_path / "fit").rglob("*.ckpt")
+    gpu_checkpoint = tmp_path / "trained_on_gpu.ckpt"
+    save_as_if_on_gpu(torch.load(checkpoint, map_location="cpu", weights_only=False), gpu_checkpoint)
+    test_args = ["test", *_quiet_cli_args(texture_root, tmp_path / "test"), "--ckpt_path", str(gpu_checkpoint)]
+    capsys.readouterr()
+    assert main(test_args) == 0
+    assert "image_AUROC" in capsys.readouterr().out
+    if not torch.cuda.is_available():  # control: anomalib's own checkpoint IO, chosen by the user, is kept and fails
+        with pytest.raises(RuntimeError, match="CUDA"):
+            main([*test_args, "--trainer.plugins", "anomalib.engine.plugins.AnomalibCheckpointIO"])
+
+
+def test_cli_hides_third_party_future_warnings_only_while_it_runs() -> None:
+    """anomalib's and timm's FutureWarnings are hidden inside the command; others, and the caller's filters, are not."""
+    import warnings
+
+    from anomalib_ext.cli import third_party_future_warnings_hidden
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with third_party_future_warnings_hidden():
+            for module in ("anomalib.models.image.dinomaly.components.layers", "timm.models.layers", "mine"):
+                warnings.warn_explicit("deprecated", FutureWarning, f"{module}.py", 1, module=module)
+    assert [str(w.filename) for w in caught] == ["mine.py"]
+    assert warnings.filters == before
+
+
+def test_cli_entry_point_prints_no_future_warning(tmp_path: Path) -> None:
+    """``main`` (anomalib's CLI and a tool) imports anomalib under its filter: stderr stays clean.
+
+    Runs ``cli.py`` as a script, the way ``main`` sees it once the package no longer imports anomalib
+    itself (see the console-script test below).
+    """
+    import anomalib_ext.cli
+
+    # runpy: the package directory does not land on sys.path, as it would with ``python cli.py``
+    script = f"import runpy, sys; sys.argv[1:] = sys.argv[2:]; runpy.run_path({anomalib_ext.cli.__file__!r}, run_name='__main__')"
+    for command in (["--help"], ["benchmark", "--help"]):
+        result = _run([sys.executable, "-c", script, "-", *command], tmp_path)
+        assert "--help" in result.stdout
+        assert "FutureWarning" not in result.stderr, result.stderr
+
+
+def test_console_script_help_prints_no_future_warning(tmp_path: Path) -> None:
+    result = _run([str(BIN / "anomalib-ext"), "--help"], tmp_path)
+    assert "FutureWarning" not in result.stderr, result.stderr

@@ -1,10 +1,11 @@
-"""Lightning plugins that anomalib's Engine accepts through ``Engine(plugins=[...])``."""
+"""Lightning plugins that anomalib's Engine accepts through ``Engine(plugins=[...])``, and the CLI's default."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from anomalib.engine.plugins import AnomalibCheckpointIO
+from lightning.fabric.plugins import CheckpointIO
 
 
 def _storage_on_cpu(storage: Any, _location: str) -> Any:
@@ -29,3 +30,33 @@ class DeviceSafeCheckpointIO(AnomalibCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool = True) -> dict[str, Any]:
         """Load with storages on the CPU unless a ``map_location`` is given."""
         return super().load_checkpoint(path, map_location=map_location or _storage_on_cpu, weights_only=weights_only)
+
+
+def with_device_safe_checkpoint_io(plugins: Any = None, strategy: Any = None) -> Any:
+    """``plugins`` plus a :class:`DeviceSafeCheckpointIO`, unless a checkpoint IO is already chosen.
+
+    Used for the ``anomalib-ext`` CLI's trainer so that ``--ckpt_path`` of a GPU checkpoint works
+    on a CPU machine by default. A user's own choice wins: if ``plugins`` (one plugin, a list, or
+    ``None``) already holds a ``CheckpointIO``, or ``strategy`` was built with one (Lightning
+    refuses a checkpoint IO on both), ``plugins`` is returned unchanged; other plugins (precision,
+    environment, ...) are kept.
+
+    Args:
+        plugins: the trainer's ``plugins`` argument as given.
+        strategy: the trainer's ``strategy`` argument as given (a name or a ``Strategy``).
+
+    Returns:
+        ``plugins`` unchanged, or a new list of its entries with a ``DeviceSafeCheckpointIO`` appended.
+    """
+    if plugins is None:
+        entries: list[Any] = []
+    elif isinstance(plugins, list | tuple):
+        entries = list(plugins)
+    else:
+        entries = [plugins]
+    # the private slot: Lightning strategies expose a default ``checkpoint_io`` property even when none was given
+    if any(isinstance(plugin, CheckpointIO) for plugin in entries) or isinstance(
+        getattr(strategy, "_checkpoint_io", None), CheckpointIO
+    ):
+        return plugins
+    return [*entries, DeviceSafeCheckpointIO()]

@@ -1,4 +1,4 @@
-"""Building blocks shared by several models (backbones, attention gates, discriminators, ...)."""
+"""Building blocks shared by several models (backbones, attention gates, discriminators, thresholds, ...)."""
 
 from .attention_gate import AttentionGate
 from .backbone import BackboneWeightsError, create_backbone, feature_shapes, pretrained_state_dict
@@ -6,6 +6,7 @@ from .feature_jitter import FeatureJitter
 from .neighbor_attention import MaskedEncoderLayer, MaskedMultiheadAttention, QueryDecoderLayer, neighbor_mask
 from .pseudo_anomaly import make_pseudo_anomaly_generator, paper_augmenters
 from .reconstruction_student import ReconstructionStudent, UpResidualBlock
+from .thresholding import MidpointF1AdaptiveThreshold, MidpointPostProcessor
 
 __all__ = [
     "AttentionGate",
@@ -13,6 +14,8 @@ __all__ = [
     "FeatureJitter",
     "MaskedEncoderLayer",
     "MaskedMultiheadAttention",
+    "MidpointF1AdaptiveThreshold",
+    "MidpointPostProcessor",
     "QueryDecoderLayer",
     "ReconstructionStudent",
     "UpResidualBlock",
