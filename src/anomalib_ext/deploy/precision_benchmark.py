@@ -76,3 +76,38 @@ def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Pa
             }
         )
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m anomalib_ext.deploy.precision_benchmark --model RD4AD --checkpoint CKPT --data DIR``."""
+    import argparse
+
+    from anomalib_ext.benchmark import append_row, hardware, resolve_model_class
+    from anomalib_ext.benchmark.report import DEPLOY_COLUMNS
+    from anomalib_ext.data import MVTecStyle
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model class name (RD4AD, ...) or dotted path")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="trained Lightning checkpoint")
+    parser.add_argument("--data", type=Path, required=True, help="MVTec-style folder the model was trained on")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--work-dir", type=Path, default=Path("precision_benchmark"))
+    parser.add_argument("--output", type=Path, default=None, help="Markdown file to append the rows to")
+    parser.add_argument("--section", default="Deployment precisions")
+    args = parser.parse_args(argv)
+    model = resolve_model_class(args.model).load_from_checkpoint(args.checkpoint, map_location="cpu")
+    datamodule = MVTecStyle(
+        args.data, image_size=args.image_size, train_batch_size=args.batch_size, eval_batch_size=args.batch_size
+    )
+    datamodule.setup()
+    for row in precision_rows(model.eval(), datamodule, args.image_size, args.work_dir):
+        row = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
+        print(row)
+        if args.output:
+            append_row(args.output, args.section, row, DEPLOY_COLUMNS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
