@@ -14,27 +14,30 @@ WORK="${BENCH_WORK:-/tmp/anomalib_ext_fidelity}"
 cd "$ROOT"
 declare -A DATA=([mtd]="../shared/datasets/mtd" [tire]="datasets/tire")
 declare -A EPOCHS=([mtd]=4 [tire]=8)
-declare -A FORMS=([mtd]="relu:flattened auto:flattened" [tire]="relu:flattened auto:flattened auto:per_pixel")
 LITE0=(--backbone efficientnet_lite0 --layers blocks.1 blocks.2 blocks.4 --image-size 256 --batch-size 16 --num-workers 0)
 
 before_package() {  # the package as it was before the fidelity fixes, beside this checkout
   if [ ! -d "$WORK/before" ]; then git worktree add --detach "$WORK/before" b06f7af; fi
 }
 
-names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(mtd tire)
-for name in "${names[@]}"; do
-  data="${DATA[$name]}"; epochs="${EPOCHS[$name]}"
-  section="Fidelity: RD4AD on $name, before and after the Lite0/ReLU/init fixes"
+before_row() {  # $1 dataset name
   before_package
-  PYTHONPATH="$WORK/before/src" "$VENV/bin/python" -m anomalib_ext.benchmark --model RD4AD --data "$data" "${LITE0[@]}" \
-    --epochs "$epochs" --label "RD4AD before (timm efficientnet_lite0, ImageNet norm, ReLU, default init)" \
-    --work-dir "$WORK/$name/before" --output "$OUT" --section "$section"
-  for form in ${FORMS[$name]}; do
-    activation="${form%%:*}"; loss="${form##*:}"
-    "$VENV/bin/anomalib-ext" benchmark --model RD4AD --data "$data" "${LITE0[@]}" --epochs "$epochs" \
-      --curve-every 2 --model-args "{\"student_activation\": \"$activation\", \"loss_form\": \"$loss\"}" \
-      --label "RD4AD after (student_activation=$activation, loss_form=$loss)" \
-      --work-dir "$WORK/$name/after_${activation}_$loss" --output "$OUT" --section "$section"
-  done
-done
+  PYTHONPATH="$WORK/before/src" "$VENV/bin/python" -m anomalib_ext.benchmark --model RD4AD --data "${DATA[$1]}" \
+    "${LITE0[@]}" --epochs "${EPOCHS[$1]}" \
+    --label "RD4AD before (timm efficientnet_lite0, ImageNet norm, ReLU, default init)" \
+    --work-dir "$WORK/$1/before" --output "$OUT" --section "Fidelity: RD4AD on $1, before and after the Lite0/ReLU/init fixes"
+}
+
+after_row() {  # $1 dataset name, $2 student_activation, $3 loss_form
+  "$VENV/bin/anomalib-ext" benchmark --model RD4AD --data "${DATA[$1]}" "${LITE0[@]}" --epochs "${EPOCHS[$1]}" \
+    --curve-every 2 --model-args "{\"student_activation\": \"$2\", \"loss_form\": \"$3\"}" \
+    --label "RD4AD after (student_activation=$2, loss_form=$3)" \
+    --work-dir "$WORK/$1/after_$2_$3" --output "$OUT" --section "Fidelity: RD4AD on $1, before and after the Lite0/ReLU/init fixes"
+}
+
+# before and after (all fixes) on each dataset first, then the single-point ablations
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(tire mtd)
+for name in "${names[@]}"; do before_row "$name"; after_row "$name" auto flattened; done
+for name in "${names[@]}"; do after_row "$name" relu flattened; done
+after_row tire auto per_pixel
