@@ -110,16 +110,25 @@ def variant_row(engine: Any, model: Any, datamodule: Any, variant: dict[str, Any
     """Test the trained model again with torch-model attributes changed (e.g. RSTPM's ``score_map``).
 
     For choices a model can switch after training, so one training scores every form of its map.
-    The original values are restored afterwards.
+    Another map has another scale, so the post-processor's thresholds and normalisation are refit
+    on the validation split first (anomalib clamps normalised scores, and stale statistics would
+    tie them); the original attributes and post-processor state are restored afterwards.
     """
+    import copy
+
     original = {key: getattr(model.model, key) for key in variant}
+    post_processor = getattr(model, "post_processor", None)
+    saved_state = copy.deepcopy(post_processor.state_dict()) if post_processor is not None else None
     for key, value in variant.items():
         setattr(model.model, key, value)
     try:
+        engine.validate(model=model, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
     finally:
         for key, value in original.items():
             setattr(model.model, key, value)
+        if post_processor is not None and saved_state is not None:
+            post_processor.load_state_dict(saved_state)
     print(f"variant {variant_label(variant)}: {metrics}")
     return {
         "image AUROC": metrics.get("image_AUROC"),
