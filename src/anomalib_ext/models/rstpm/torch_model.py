@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 from anomalib.data import InferenceBatch
@@ -25,14 +25,11 @@ from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork
 from torch import nn
 
 from anomalib_ext.components import ReconstructionStudent, create_backbone, feature_shapes
-from anomalib_ext.components.backbone import nonnegative_outputs
+from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, nonnegative_outputs
+from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OptionT = TypeVar("OptionT", bound=StrEnum)
 
 
 class Student2Input(StrEnum):
@@ -47,15 +44,6 @@ class LossMode(StrEnum):
 
     ALL = "all"  # one summed loss, one SGD
     SPLIT = "split"  # one loss and one SGD per pair
-
-
-def parse_option(enum: type[OptionT], value: str, name: str) -> OptionT:
-    """``enum(value)``, or a ``ValueError`` that names the argument and its choices."""
-    try:
-        return enum(value)
-    except ValueError:
-        msg = f"{name}={value!r}; expected one of {[member.value for member in enum]}."
-        raise ValueError(msg) from None
 
 
 class RSTPMFeatures(NamedTuple):

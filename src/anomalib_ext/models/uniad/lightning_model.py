@@ -19,6 +19,7 @@ Train one model on several categories with :class:`anomalib_ext.data.UnifiedMult
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from anomalib import LearningType
@@ -32,18 +33,17 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from anomalib_ext.components.evaluation import default_evaluator
+from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD
+from anomalib_ext.components.model_defaults import EvaluationDefaults
+from anomalib_ext.components.options import parse_option
 
 from .loss import UniADLoss
 from .torch_model import DEFAULT_BACKBONE, PositionEmbedding, UniADModel
 
 __all__ = ["UniAD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-class UniAD(AnomalibModule):
+class UniAD(EvaluationDefaults, AnomalibModule):
     """UniAD with the official MVTec recipe as defaults.
 
     Args:
@@ -100,11 +100,7 @@ class UniAD(AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         # A plain string *before* anomalib's save_hyperparameters reads these locals: no enums in checkpoints.
-        try:
-            pos_embed = PositionEmbedding(pos_embed).value
-        except ValueError:
-            msg = f"pos_embed={pos_embed!r}; expected one of {[member.value for member in PositionEmbedding]}."
-            raise ValueError(msg) from None
+        pos_embed = parse_option(PositionEmbedding, pos_embed, "pos_embed").value
         size = (int(input_size[0]), int(input_size[1]))
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
@@ -141,11 +137,6 @@ class UniAD(AnomalibModule):
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Allow ``PositionEmbedding`` in ``weights_only=True`` loads of checkpoints that stored it."""
         return (PositionEmbedding,)
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """anomalib's default metrics plus pixel AUPRO: the evaluator every entry point uses, so checkpoints load."""
-        return default_evaluator()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -185,3 +176,23 @@ class UniAD(AnomalibModule):
     def learning_type(self) -> LearningType:
         """Unsupervised: trained on normal images only."""
         return LearningType.ONE_CLASS
+
+    @classmethod
+    def demo_arguments(cls, image_size: int, work_dir: Path) -> dict[str, Any]:
+        """Keyword arguments of ``anomalib-ext demo``: the offline EfficientNet-Lite0 backbone at ``image_size``.
+
+        The official transformer and recipe (as ``configs/uniad/mtd_lite0.yaml``); only the sizes
+        tied to the feature grid (``image_size // 16``) follow the image: the neighbour window keeps
+        the official 7x7-on-14x14 proportion (odd, at least 3x3) and the score's pooling window
+        the official 16-of-224. ``work_dir`` is unused.
+        """
+        del work_dir
+        grid = image_size // 16
+        neighbor = 2 * max(1, grid // 4) + 1
+        return {
+            "backbone": "efficientnet_lite0",
+            "layers": (0, 1, 2, 3),
+            "input_size": (image_size, image_size),
+            "neighbor_size": (neighbor, neighbor),
+            "pool_size": max(1, round(16 * image_size / 224)),
+        }

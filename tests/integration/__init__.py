@@ -1,0 +1,1 @@
+"""Integration tests: whole-engine sequences on default-constructed models."""
