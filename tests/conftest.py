@@ -65,6 +65,36 @@ def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test: with 2 cores shared by several jobs, 2 threads spin-wait (~10x slower).
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def exported_rd4ad(tmp_path_factory: pytest.TempPathFactory):
+    """An untrained RD4AD (offline Lite0 teacher, 64 px) and its fp32 OpenVINO export, shared by the deploy tests.
+
+    One export per session: it is the slowest step of the fast tests that need one.
+    """
+    from anomalib_ext import RD4AD
+    from anomalib_ext.deploy import export_openvino
+
+    model = RD4AD(
+        backbone="efficientnet_lite0",
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
+        visualizer=False,
+    ).eval()
+    return model, export_openvino(model, tmp_path_factory.mktemp("export"), 64)
+
+
+@pytest.fixture
 def tiny_datamodule(texture_root: Path):
     """The brick category at 64 px with batch 4, no worker processes."""
     from anomalib_ext.data import MVTecStyle

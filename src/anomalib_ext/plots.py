@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from anomalib_ext.deploy.heatmap import colour_map
+
 
 def heatmap_grid(
     images: np.ndarray, masks: np.ndarray | None, maps: Mapping[str, np.ndarray], target: Path, title: str = ""
@@ -19,6 +21,8 @@ def heatmap_grid(
         masks: ``(N, H, W)`` ground truth, or ``None``.
         maps: model name -> ``(N, H, W)`` anomaly maps of the same images; each map is shown
             min-max scaled over that model's N maps, so models with different score ranges compare.
+            The colouring is :func:`anomalib_ext.deploy.heatmap.colour_map`, the one the demo and
+            ``predict-folder`` use, applied to the model's N maps at once.
         target: PNG to write.
     """
     plt = _pyplot()
@@ -32,15 +36,15 @@ def heatmap_grid(
     columns = ["image", *(["ground truth"] if masks is not None else []), *maps]
     rows = images.shape[0]
     figure, axes = plt.subplots(rows, len(columns), figsize=(1.8 * len(columns), 1.8 * rows), squeeze=False)
-    scaled = {name: _min_max(np.asarray(values, dtype=np.float64)) for name, values in maps.items()}
+    coloured = {name: colour_map(np.asarray(values, dtype=np.float64)) for name, values in maps.items()}
     for row in range(rows):
         panels: list[Any] = [images[row].transpose(1, 2, 0)]
         if masks is not None:
             panels.append(masks[row])
-        panels.extend(scaled[name][row] for name in maps)
+        panels.extend(coloured[name][row] for name in maps)
         for column, panel in enumerate(panels):
             axis = axes[row, column]
-            axis.imshow(panel, cmap=None if column == 0 else ("gray" if columns[column] == "ground truth" else "jet"))
+            axis.imshow(panel, cmap="gray" if columns[column] == "ground truth" else None)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
@@ -88,11 +92,6 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = values.min(), values.max()
-    return (values - low) / max(high - low, 1e-12)
 
 
 def _save(figure: Any, target: Path) -> Path:

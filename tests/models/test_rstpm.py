@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from anomalib.callbacks.checkpoint import ModelCheckpoint
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
@@ -335,6 +336,7 @@ def _stage_run(model: RSTPM, datamodule, root: Path, **trainer_kwargs) -> list[i
     return stages.stages
 
 
+@pytest.mark.slow  # a Lightning fit per case; resolve_stage1_epochs itself is unit-tested above
 @pytest.mark.parametrize(
     ("options", "trainer_kwargs", "expected"),
     [
@@ -349,6 +351,7 @@ def test_stages_follow_the_trainer_budget(tiny_datamodule, tmp_path: Path, optio
     assert _stage_run(model, tiny_datamodule, tmp_path, **trainer_kwargs) == expected
 
 
+@pytest.mark.slow
 def test_split_direct_trains_every_student1_parameter(tiny_datamodule, tmp_path: Path) -> None:
     """With split losses and the direct input, student1's deepest layer is trained by pair 1's loss.
 
@@ -364,7 +367,12 @@ def test_split_direct_trains_every_student1_parameter(tiny_datamodule, tmp_path:
 
 @pytest.mark.slow
 def test_two_stage_fit_and_test(tiny_datamodule, tmp_path: Path) -> None:
-    """Stage 1 trains only the students, stage 2 only the discriminator; test metrics come out."""
+    """Stage 1 trains only the students, stage 2 only the discriminator; test metrics come out.
+
+    One epoch per stage is too little for a chance-level bound: the image AUROC is the value
+    measured for seed 0 with float32 on the CPU (17 of 24 pairs ranked right).
+    """
+    seed_everything(0, workers=True)
     model = tiny_model()
     snapshots = ParameterSnapshots()
     initial = {
@@ -373,7 +381,7 @@ def test_two_stage_fit_and_test(tiny_datamodule, tmp_path: Path) -> None:
     }
     metrics = fit_and_test(model, tiny_datamodule, tmp_path, max_epochs=2, callbacks=[snapshots])
     assert {"image_AUROC", "pixel_AUROC"} <= set(metrics)
-    assert all(0.0 <= metrics[key] <= 1.0 for key in ("image_AUROC", "pixel_AUROC"))
+    assert metrics["image_AUROC"] == pytest.approx(17 / 24, abs=1e-6)
     stage1, stage2 = snapshots.epochs
     assert (stage1["stage"], stage2["stage"]) == (1, 2)
     assert _changed(initial, stage1, "student1") and not _changed(initial, stage1, "discriminator")

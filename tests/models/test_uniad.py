@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from lightning.pytorch import seed_everything
 
 from anomalib_ext import UniAD
 from anomalib_ext.components.backbone import BackboneWeightsError
@@ -41,13 +41,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread in this module: with 2 cores shared by several jobs, 2 threads spin-wait (~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def tiny_model(**kwargs) -> UniAD:
@@ -248,14 +242,22 @@ def test_configs_match_signature() -> None:
 # --- training, checkpoint, CLI, export -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_test_and_checkpoint(tiny_datamodule, tmp_path: Path) -> None:
-    """One epoch trains the transformer only; the checkpoint reloads with weights_only=True and predicts the same."""
+    """One epoch trains the transformer only; the checkpoint reloads with weights_only=True and predicts the same.
+
+    Even one epoch on the pretrained Lite0 features ranks the brick defects well above chance
+    (seed 0, float32 on the CPU: image AUROC 0.92, pixel AUROC 0.78); a model that reconstructs
+    nothing, or everything equally, scores about 0.5.
+    """
+    seed_everything(0, workers=True)
     model = tiny_model()
     backbone_before = {k: v.clone() for k, v in model.model.feature_extractor.state_dict().items()}
     query_before = model.model.decoder[0].query_embed.weight.detach().clone()
     metrics = fit_and_test(model, tiny_datamodule, tmp_path)
     assert {"image_AUROC", "pixel_AUROC"} <= set(metrics)
-    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert metrics["image_AUROC"] >= 0.75
+    assert metrics["pixel_AUROC"] >= 0.65
     for key, value in model.model.feature_extractor.state_dict().items():
         torch.testing.assert_close(value, backbone_before[key])
     assert not torch.equal(model.model.decoder[0].query_embed.weight, query_before)
@@ -268,6 +270,7 @@ def test_fit_test_and_checkpoint(tiny_datamodule, tmp_path: Path) -> None:
         torch.testing.assert_close(restored(images).anomaly_map, model(images).anomaly_map)
 
 
+@pytest.mark.slow
 def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
     """`anomalib train --model anomalib_ext.UniAD` with the unified data module, in a subprocess."""
     executable = Path(sys.executable).with_name("anomalib")
@@ -294,6 +297,7 @@ def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
         assert key in output, output[-3000:]
 
 
+@pytest.mark.slow
 def test_openvino_parity(tmp_path: Path) -> None:
     """The exported IR (masked attention, learned queries, map, pooled score) matches eager torch."""
     outputs = assert_openvino_parity(tiny_model(), tmp_path, input_size=(64, 64))

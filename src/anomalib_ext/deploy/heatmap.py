@@ -14,7 +14,11 @@ def min_max(values: np.ndarray) -> np.ndarray:
 
 
 def colour_map(anomaly_map: np.ndarray) -> np.ndarray:
-    """An ``(H, W)`` map as a jet-coloured ``(H, W, 3)`` uint8 image, scaled to its own range."""
+    """An ``(H, W)`` map as a jet-coloured ``(H, W, 3)`` uint8 image, scaled to its own range.
+
+    Any shape works: ``(N, H, W)`` maps come back as ``(N, H, W, 3)``, scaled over all ``N`` together
+    (how :func:`anomalib_ext.plots.heatmap_grid` puts one model's maps on one scale).
+    """
     from matplotlib import colormaps
 
     return (colormaps["jet"](min_max(anomaly_map))[..., :3] * 255).astype(np.uint8)
