@@ -93,6 +93,7 @@ def test_precision_rows_score_the_same_weights(tiny_datamodule, tmp_path: Path) 
         ("fp32", "f32"),
         ("fp32", "bf16" if cpu_has_bf16() else "f32"),
         ("int8", "f32"),
+        ("int8-weights", "f32"),
     ]
     assert rows[0]["image AUROC"] == pytest.approx(torch_image, abs=1e-6)
     assert rows[0]["pixel AUROC"] == pytest.approx(torch_pixel, abs=1e-4)

@@ -1,8 +1,8 @@
 """Accuracy and speed of one trained model's OpenVINO export at each deployment precision, in one run.
 
 The same weights and test images go through: the fp32 IR at f32 (the reference: what torch
-computes), the fp32 IR at bf16 (OpenVINO's CPU default on AVX-512 BF16 / AMX CPUs), and NNCF
-INT8 (post-training quantisation calibrated on training images) at f32. For each: image and
+computes), the fp32 IR at bf16 (OpenVINO's CPU default on AVX-512 BF16 / AMX CPUs), NNCF INT8
+(post-training quantisation calibrated on training images) and NNCF weight-only INT8, both at f32. For each: image and
 pixel AUROC from the exported outputs, and the median batch-1 latency.
 """
 
@@ -19,7 +19,7 @@ import torch
 from .export import export_openvino
 from .runtime import ExportedModel, cpu_supports
 
-VARIANTS = (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32"))
+VARIANTS = (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32"), ("int8-weights", "f32"))
 
 
 def score_exported(exported: ExportedModel, dataloader: Any) -> tuple[float, float | None]:
@@ -59,6 +59,7 @@ def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Pa
         "int8": export_openvino(
             model, export_root, image_size, precision="int8", calibration=datamodule.train_dataloader()
         ),
+        "int8-weights": export_openvino(model, export_root, image_size, precision="int8-weights"),
     }
     rows = []
     for ir, precision in VARIANTS:
