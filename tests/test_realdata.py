@@ -3,7 +3,10 @@
 Runs wherever ``../shared/datasets/mtd`` exists (CI has it) and is skipped elsewhere. The subset
 is fixed (every k-th file, sorted) and linked, not copied, into a temporary MVTec-style folder.
 The floor is below the AUROC measured for this exact configuration (see the constant), so it
-catches a broken model, loss or map without being flaky.
+catches a broken model, loss or map without being flaky. It is checked on the raw model outputs:
+anomalib's reported AUROC is of post-processed scores clamped to [0, 1] around the threshold, which
+ties many scores when the threshold sits at the edge of the score range (0.49 reported against 0.58
+raw on this subset).
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import pytest
 from lightning.pytorch import seed_everything
 
 from anomalib_ext import RD4AD
+from anomalib_ext.callbacks import score_test_set
 from anomalib_ext.data import MVTecStyle
 from tests.conftest import MTD_ROOT, requires_mtd
 from tests.helpers import fit_and_test
 
-# Measured on this subset, 128 px, 4 epochs, seed 0, 2-core CPU: image AUROC 0.654, pixel AUROC 0.746.
-# Far below the full-data result (docs/benchmarks.md): a few epochs on 120 images is what CI can afford,
-# and random scores give 0.5, so these floors still catch a broken teacher, loss or map.
-IMAGE_AUROC_FLOOR = 0.60
-PIXEL_AUROC_FLOOR = 0.70
+# Measured on this subset with the TF Lite0 teacher, 128 px, 4 epochs, seed 0, float32 on a 2-core
+# Intel CPU, raw outputs: image AUROC 0.576, pixel AUROC 0.628 (the earlier, wrong Lite0 network gave
+# 0.654 / 0.746 here; on full MTD at 256 px the two are level, docs/benchmarks.md). Far below full-data
+# results: a few epochs on 120 images is what CI can afford. Random scores give 0.5.
+IMAGE_AUROC_FLOOR = 0.55
+PIXEL_AUROC_FLOOR = 0.60
 
 
 def _link_subset(source: Path, target: Path, train: int = 120, good: int = 40, per_defect: int = 12) -> Path:
@@ -59,6 +64,7 @@ def test_rd4ad_lite0_detects_magnetic_tile_defects(tmp_path: Path) -> None:
         pre_processor=RD4AD.configure_pre_processor(image_size=(128, 128)),
     )
     metrics = fit_and_test(model, datamodule, tmp_path / "run", max_epochs=4)
-    print(f"MTD subset metrics: {metrics}")
-    assert metrics["image_AUROC"] >= IMAGE_AUROC_FLOOR
-    assert metrics["pixel_AUROC"] >= PIXEL_AUROC_FLOOR
+    image_auroc, pixel_auroc = score_test_set(model, datamodule.test_dataloader())
+    print(f"MTD subset metrics: {metrics}; raw image / pixel AUROC {image_auroc:.4f} / {pixel_auroc:.4f}")
+    assert image_auroc >= IMAGE_AUROC_FLOOR
+    assert pixel_auroc is not None and pixel_auroc >= PIXEL_AUROC_FLOOR
