@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Trainer
 
 from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 from anomalib_ext.benchmark import build_model
-from anomalib_ext.components.evaluation import StatelessEvaluator, default_evaluator
+from anomalib_ext.components.evaluation import StatelessEvaluator, default_evaluator, default_test_metrics
 
 LITE0 = ("blocks.1", "blocks.2", "blocks.4")
 # Tiny, offline constructions (random backbones: nothing is read from disk).
@@ -54,15 +54,7 @@ CLASSES = [pytest.param(model_cls, id=model_cls.__name__) for model_cls in TINY]
 
 def pre_fix_benchmark_evaluator() -> Evaluator:
     """The benchmark's evaluator as it was: anomalib's ``Evaluator`` with a (persistent-buffer) AUPRO."""
-    return Evaluator(
-        test_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-    )
+    return Evaluator(test_metrics=default_test_metrics())
 
 
 def benchmark_model(model_cls: type[AnomalibModule], **overrides: Any) -> AnomalibModule:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from anomalib_ext.benchmark.timing import median_ms
 from anomalib_ext.models.efficientad.torch_model import EfficientADModel
 
 MODES = ("eager", "channels_last", "half", "autocast", "compile", "cuda_graph", "openvino")
@@ -57,20 +56,6 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
         msg = f"unknown model kind {kind!r}"
         raise ValueError(msg)
     return _Outputs(model).eval()
-
-
-def _time(call: Callable[[], object], sync: Callable[[], None], warmup: int, iters: int) -> float:
-    """Median wall time of one call in milliseconds."""
-    for _ in range(warmup):
-        call()
-    sync()
-    samples = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        call()
-        sync()
-        samples.append(1000 * (time.perf_counter() - start))
-    return statistics.median(samples)
 
 
 def torch_runner(model: nn.Module, images: torch.Tensor, mode: str) -> Callable[[], object]:
@@ -120,10 +105,10 @@ def measure(kind: str, mode: str, batch: int, device: str, image_size: int, warm
     model = build(kind, image_size=image_size)
     images = torch.rand(batch, 3, image_size, image_size)
     if mode == "openvino":
-        return _time(openvino_runner(model, images), lambda: None, warmup, iters)
+        return median_ms(openvino_runner(model, images), iters, warmup, sync=lambda: None)
     model, images = model.to(device), images.to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    return _time(torch_runner(model, images, mode), sync, warmup, iters)
+    return median_ms(torch_runner(model, images, mode), iters, warmup, sync=sync)
 
 
 def hardware(device: str) -> str:

@@ -28,9 +28,12 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def median_ms(run: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``run`` in milliseconds (CUDA synchronised)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+def median_ms(
+    run: Callable[[], object], repeats: int = 20, warmup: int = 3, sync: Callable[[], object] | None = None
+) -> float:
+    """Median wall time of ``run`` in milliseconds, after ``sync`` (default: CUDA's, when there is a GPU)."""
+    if sync is None:
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         run()
     sync()

@@ -54,14 +54,17 @@ class StatelessEvaluator(Evaluator):
         self.register_load_state_dict_pre_hook(_drop_foreign_evaluator_entries)
 
 
+def default_test_metrics() -> list[AnomalibMetric]:
+    """Image AUROC/F1 and pixel AUROC/F1/AUPRO (AUPRO is what the papers report too)."""
+    return [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ]
+
+
 def default_evaluator() -> StatelessEvaluator:
-    """Image AUROC/F1 and pixel AUROC/F1/AUPRO on the test set (AUPRO is what the papers report too)."""
-    return StatelessEvaluator(
-        test_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-    )
+    """:func:`default_test_metrics` on the test set, kept out of checkpoints."""
+    return StatelessEvaluator(test_metrics=default_test_metrics())

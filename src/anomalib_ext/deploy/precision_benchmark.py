@@ -8,8 +8,6 @@ pixel AUROC from the exported outputs, and the median batch-1 latency.
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +39,10 @@ def score_exported(exported: ExportedModel, dataloader: Any) -> tuple[float, flo
 
 def batch1_ms(exported: ExportedModel, image_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time of one image through the compiled model."""
+    from anomalib_ext.benchmark.timing import median_ms
+
     image = np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
-    for _ in range(warmup):
-        exported(image)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        exported(image)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: exported(image), repeats, warmup, sync=lambda: None)
 
 
 def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Path) -> list[dict[str, Any]]:
