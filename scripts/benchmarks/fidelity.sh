@@ -5,7 +5,8 @@
 # (student_activation auto vs the official relu; loss_form per_pixel vs flattened), on MTD and MVTec 3D-AD tire,
 # plus RSTPM's image-score pooling, map choice and pseudo-anomaly source.
 # One run at a time (2-core CPU). Datasets: ../shared/datasets/mtd and datasets/tire (scripts/datasets/prepare.py).
-# Usage: bash scripts/benchmarks/fidelity.sh [mtd|tire ...]
+# Usage: bash scripts/benchmarks/fidelity.sh [mtd|tire ...]       (before/after, then the ablations)
+#        FIDELITY_ABLATIONS_ONLY=1 bash scripts/benchmarks/fidelity.sh   (only the single-point ablations)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -38,6 +39,8 @@ after_row() {  # $1 dataset name, $2 student_activation, $3 loss_form
 # before and after (all fixes) on each dataset first, then the single-point ablations
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(tire mtd)
-for name in "${names[@]}"; do before_row "$name"; after_row "$name" auto flattened; done
+if [ -z "${FIDELITY_ABLATIONS_ONLY:-}" ]; then
+  for name in "${names[@]}"; do before_row "$name"; after_row "$name" auto flattened; done
+fi
 for name in "${names[@]}"; do after_row "$name" relu flattened; done
 after_row tire auto per_pixel
