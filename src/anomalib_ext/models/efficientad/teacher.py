@@ -129,7 +129,7 @@ def distill_teacher(
     backbone: str = "efficientnet_lite0",
     layers: Sequence[str] | None = None,
     backbone_weights: str | Path | None = None,
-    model_size: ModelSize = "small",
+    model_size: ModelSize | str = ModelSize.SMALL,
     image_size: int = 256,
     steps: int = 60_000,
     batch_size: int = 16,
@@ -203,7 +203,7 @@ def distill_teacher(
         mean, std = channel_statistics(teacher((views()[1] - pixel_mean) / pixel_std) for _ in range(n_norm))
     meta = {
         "format": "anomalib_ext.efficientad.teacher/1",
-        "model_size": model_size,
+        "model_size": str(model_size),
         "backbone": backbone,
         "layers": ",".join(target_net.layers),
         "images": dataset.describe(),
@@ -219,13 +219,13 @@ def distill_teacher(
     return output
 
 
-def _conv_names(model_size: ModelSize) -> list[str]:
+def _conv_names(model_size: ModelSize | str) -> list[str]:
     return [name for name, module in make_pdn(model_size, 8, False).named_children() if isinstance(module, nn.Conv2d)]
 
 
 def load_teacher_file(
     path: str | Path,
-    model_size: ModelSize = "small",
+    model_size: ModelSize | str = ModelSize.SMALL,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Read a teacher file into ``(pdn_state_dict, mean or None, std or None)``; never unpickles code.
 

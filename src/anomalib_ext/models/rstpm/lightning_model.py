@@ -48,12 +48,12 @@ from torchvision.transforms.v2 import Resize
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
-from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
+from anomalib_ext.components.reconstruction_student import Attention
 
 from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
-from .torch_model import LossMode, RSTPMModel, Student2Input
+from .torch_model import LossMode, RSTPMModel, Student2Input, Student2Variant
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         pre_trained: bool = True,
         allow_download: bool = False,
         attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
-        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_variant: Student2Variant | str = Student2Variant.RSTPM1,
         student2_input: Student2Input | str = Student2Input.TEACHER,
         loss_mode: LossMode | str = LossMode.ALL,
         score_map: ScoreMap | str = ScoreMap.COMBINED,
@@ -135,7 +135,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         # Options become plain strings *before* anomalib's save_hyperparameters reads these locals,
         # so hparams, checkpoints (weights_only loads) and config dumps never hold enum objects.
         attention = str(attention)
-        student2_variant = str(student2_variant)
+        student2_variant = parse_option(Student2Variant, student2_variant, "student2_variant").value
         student2_input = parse_option(Student2Input, student2_input, "student2_input").value
         loss_mode = parse_option(LossMode, loss_mode, "loss_mode").value
         score_map = parse_option(ScoreMap, score_map, "score_map").value

@@ -27,9 +27,21 @@ from torch import nn
 from anomalib_ext.components import ReconstructionStudent, create_backbone, feature_shapes
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, nonnegative_outputs
 from anomalib_ext.components.options import parse_option
-from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
+from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
+
+
+class Student2Variant(StrEnum):
+    """The report's two student2 designs, by its names (their layouts: :class:`StudentLayout`)."""
+
+    RSTPM1 = "rstpm1"  # fig. 3: 3x3 transposed conv + BasicBlock per stage
+    RSTPM2 = "rstpm2"  # figs. 15-16: RD4AD-style up-sampling residual blocks, about half the parameters
+
+    @property
+    def layout(self) -> StudentLayout:
+        """The reconstruction student layout this variant builds."""
+        return StudentLayout.DECONV_BASIC_BLOCK if self is Student2Variant.RSTPM1 else StudentLayout.UP_RESIDUAL
 
 
 class Student2Input(StrEnum):
@@ -102,7 +114,7 @@ class RSTPMModel(nn.Module):
         pre_trained: bool = True,
         allow_download: bool = False,
         attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
-        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_variant: Student2Variant | str = Student2Variant.RSTPM1,
         student2_input: Student2Input | str = Student2Input.TEACHER,
         loss_mode: LossMode | str = LossMode.ALL,
         score_map: ScoreMap | str = ScoreMap.COMBINED,
@@ -133,7 +145,11 @@ class RSTPMModel(nn.Module):
         deep_channels = feature_shapes(self.teacher1)[-1][0]
         target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
         self.student2 = ReconstructionStudent(
-            deep_channels, target_channels, student2_variant, attention, nonnegative_outputs(self.teacher2)
+            deep_channels,
+            target_channels,
+            parse_option(Student2Variant, student2_variant, "student2_variant").layout,
+            attention,
+            nonnegative_outputs(self.teacher2),
         )
         self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
         self.anomaly_map_generator = AnomalyMapGenerator()
