@@ -43,7 +43,7 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_datamodule(root: Path):
     from anomalib_ext.data import MVTecStyle
 
-    return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0)
+    return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0, holdout_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_map_quantiles_come_from_held_out_train_images(trained) -> None:
     model, datamodule, _, _ = trained
     assert any("validat" in stage for stage in model.quantile_calls)  # before the in-fit validation
     assert "train" in model.quantile_calls[-1]  # and once more at on_train_end; never in test
-    holdout = model._holdout
+    holdout = datamodule.holdout_data
     assert set(holdout.samples.split) == {"train"}
     held = set(holdout.samples.image_path)
     assert held and held.isdisjoint(datamodule.train_data.samples.image_path)  # not trained on

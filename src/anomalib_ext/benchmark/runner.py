@@ -34,6 +34,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         num_workers=args.num_workers,
+        **getattr(model_cls, "data_arguments", {}),
     )
     datamodule.setup()
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
@@ -85,7 +86,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for variant in args.variants
     ]
     if args.deploy_precisions:
-        from anomalib_ext.deploy.precision_benchmark import precision_rows
+        from .precision import precision_rows
 
         row["deploy"] = precision_rows(model, datamodule, args.image_size, work / "precisions")
         for deploy_row in row["deploy"]:

@@ -192,6 +192,10 @@ class MVTecStyle(AnomalibDataModule):
         cache_images: keep each image decoded and resized in memory (``uint8``), so later epochs
             skip decoding; augmentations still run per access. ``False`` decodes every access.
         cache_max_bytes: memory budget of that cache (images past it are decoded every time).
+        holdout_fraction: share of the training images set aside as ``holdout_data`` before any
+            validation split: never trained on, for statistics a model must take on unseen normal
+            images (EfficientAD's map quantiles, as in its reproduction). ``0`` holds out nothing.
+        holdout_seed: seed of that draw (the same images for every run with the same data).
         Other arguments are anomalib's ``AnomalibDataModule`` arguments. Validation defaults to the
         test split, as for anomalib's ``MVTecAD``.
     """
@@ -213,7 +217,12 @@ class MVTecStyle(AnomalibDataModule):
         seed: int | None = None,
         cache_images: bool = True,
         cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 42,
     ) -> None:
+        if not 0.0 <= holdout_fraction < 1.0:
+            msg = f"holdout_fraction must be in [0, 1), got {holdout_fraction}."
+            raise ValueError(msg)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -238,6 +247,9 @@ class MVTecStyle(AnomalibDataModule):
             else tuple(image_size)
         )
         self.image_cache = DecodedImageCache(cache_max_bytes if cache_images else 0)
+        self.holdout_fraction = holdout_fraction
+        self.holdout_seed = holdout_seed
+        self.holdout_data: MVTecStyleDataset | None = None
 
     def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
         """One split at this module's image size, sharing its decoded-image cache."""
@@ -247,6 +259,22 @@ class MVTecStyle(AnomalibDataModule):
         if self.image_cache.max_bytes > 0:
             dataset.fill_cache()
         return dataset
+
+    def _create_val_split(self) -> None:
+        """Set ``holdout_data`` aside from the training images first, then anomalib's validation split."""
+        self.holdout_data = self._hold_out_training_images()
+        super()._create_val_split()
+
+    def _hold_out_training_images(self) -> MVTecStyleDataset | None:
+        """Move a seeded ``holdout_fraction`` of ``train_data`` (at least one image) into its own dataset."""
+        train = self.train_data
+        if self.holdout_fraction <= 0 or len(train) < 2:
+            return None
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.holdout_seed)).tolist()
+        n_held = min(len(train) - 1, max(1, round(self.holdout_fraction * len(train))))
+        held = train.subsample(sorted(order[:n_held]), inplace=False)
+        train.subsample(sorted(order[n_held:]), inplace=True)
+        return held
 
     def _setup(self, _stage: str | None = None) -> None:
         samples = make_mvtec_style_samples(self.root, check_files=self.check_files)
