@@ -13,6 +13,10 @@ Differences from anomalib's ``EfficientAd`` (see ``docs/models/efficientad.md``)
 
 Name: ``EfficientADOffline``; anomalib's ``get_model`` matches class names case-insensitively,
 so it must not be ``EfficientAd``.
+
+Length: one Lightning lifecycle (teacher loading, two statistics passes that must run at fixed
+hooks, training, the offline demo recipe); split across modules, the order of those hooks could
+no longer be read in one place. Distillation and teacher files live in ``teacher.py``.
 """
 
 from __future__ import annotations

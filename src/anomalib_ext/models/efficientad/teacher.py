@@ -17,6 +17,9 @@ machine that has never been online. Command line::
 
 The saved file is a ``weights_only`` state dict: the PDN weights (anomalib key names), ``mean``
 and ``std`` (teacher channel statistics on the distillation images) and ``meta`` (strings/ints).
+
+Length: distillation and the three teacher file formats it must read back (this package's,
+anomalib's, nelson1425's) belong together: a file written here is read here.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Example:
     ...               layers1=("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
     ...               layers2=("blocks.1", "blocks.2", "blocks.4"))
     >>> Engine(max_epochs=4).train(model, datamodule=MVTecStyle("../shared/datasets/mtd"))  # doctest: +SKIP
+
+Length: RSTPM's two training stages with manual optimisation (which optimiser steps when, and
+the DDP setting that stage switch needs) are one state machine; the stage schedule itself is in
+``stages.py`` and the networks in ``torch_model.py``.
 """
 
 from __future__ import annotations
