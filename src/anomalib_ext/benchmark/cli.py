@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument(
+        "--no-image-cache",
+        action="store_true",
+        help="decode and resize every image on every access (default: once, kept in memory as uint8)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default=None, help="model name shown in the row")
     parser.add_argument("--work-dir", default=None, help="where checkpoints, exports and benchmark.json go")
