@@ -29,8 +29,10 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+import torch
 from torch import optim
 
+from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 
@@ -60,6 +62,10 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             layer is non-negative: ResNets yes, EfficientNets no), ``"relu"`` (official), ``"none"``.
         loss_form: ``"flattened"`` (official code: one cosine per flattened map) or
             ``"per_pixel"`` (paper Eq. 2: cosine per position, averaged).
+        cache_teacher_features: keep the frozen teacher's features of every training image after
+            the first epoch instead of recomputing them (the official recipe augments nothing, so
+            they never change); needs training images without random augmentation, which it
+            checks. Same training, less teacher compute (see ``components/feature_cache.py``).
         lr, betas: Adam settings (official 0.005, ``(0.5, 0.999)``).
 
     The options are stored in ``hparams`` as plain strings, so checkpoints and config dumps hold
@@ -86,6 +92,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         sigma: float = 4.0,
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         loss_form: LossForm | str = LossForm.FLATTENED,
+        cache_teacher_features: bool = False,
         lr: float = 0.005,
         betas: Sequence[float] = (0.5, 0.999),
         pre_processor: PreProcessor | bool = True,
@@ -118,6 +125,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             student_activation=student_activation,
         )
         self.loss = RD4ADLoss(form=loss_form)
+        self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
 
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the OCBE and the student (the teacher is frozen), official lr and betas."""
@@ -128,9 +136,16 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Distil the teacher's multi-scale features into the student through the bottleneck."""
         del args, kwargs
-        loss = self.loss(*self.model(batch.image))
+        teacher = None
+        if self.feature_cache is not None:
+            teacher = self.feature_cache.features(batch.image_path, batch.image, self.teacher_features)
+        loss = self.loss(*self.model(batch.image, teacher_features=teacher))
         self.log("train_loss", loss, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen teacher's outputs at the distilled layers."""
+        return list(self.model.encoder(images).values())
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for the validation batch."""

@@ -267,8 +267,15 @@ class RD4ADModel(nn.Module):
         self.encoder.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
-        teacher = list(self.encoder(images).values())
+    def forward(
+        self, images: torch.Tensor, teacher_features: list[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Teacher and student features (training) or the anomaly map and score (eval).
+
+        ``teacher_features``: the teacher's outputs for ``images`` when already known (a feature
+        cache during training); ``None`` runs the teacher.
+        """
+        teacher = list(self.encoder(images).values()) if teacher_features is None else teacher_features
         student = self.decoder(self.bottleneck(teacher))
         if self.training:
             return teacher, student
