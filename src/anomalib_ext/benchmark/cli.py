@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--curve-every", type=int, default=0, help="score the test split every N epochs (the training curve); 0: off"
     )
     parser.add_argument(
+        "--train-precision",
+        default="32-true",
+        choices=("32-true", "bf16-mixed"),
+        help="Lightning training precision; bf16-mixed autocasts to bfloat16 (on CPU: fast only with AVX-512 BF16 / AMX)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("f32", "bf16", "f16"),
         default="f32",

@@ -41,6 +41,7 @@ PROFILE_COLUMNS = [
     "dataset",
     "size",
     "batch",
+    "train precision",
     "epoch",
     "steps",
     "data ms",
@@ -223,6 +224,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         callbacks=[profiler],
         enable_progress_bar=False,
         check_val_every_n_epoch=1,
+        precision=args.train_precision,
     )
     load_before = os.getloadavg()[0]
     engine.fit(model=model, datamodule=datamodule)
@@ -232,6 +234,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         "dataset": Path(args.data).name,
         "size": args.image_size,
         "batch": args.batch_size,
+        "train precision": args.train_precision,
         "hardware": hardware(),
         "load": load,
         "date": dt.date.today().isoformat(),

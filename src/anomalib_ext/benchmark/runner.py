@@ -57,6 +57,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         callbacks=[EpochProgress(), *([curve] if curve else [])],
         enable_progress_bar=False,
         check_val_every_n_epoch=args.epochs,  # validation is the test split: run it once, for the thresholds
+        precision=getattr(args, "train_precision", "32-true"),
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
@@ -68,6 +69,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     row = {
         "model": args.label or model_cls.__name__,
         "dataset": Path(args.data).name,
+        "train precision": getattr(args, "train_precision", "32-true"),
         "backbone": model_backbone(model, args.backbone),
         "size": args.image_size,
         "epochs": args.epochs,
