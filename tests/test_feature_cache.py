@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
 from torch.utils.data import DataLoader
 
@@ -60,8 +61,24 @@ def test_the_budget_caps_what_is_kept() -> None:
         cache.features(["only one"], torch.rand(2, 3, 8, 8), teacher)
 
 
+def build(name: str, cache: bool) -> AnomalibModule:
+    """A tiny RD4AD or UniAD on the offline Lite0 weights at 64 px."""
+    if name == "rd4ad":
+        return RD4AD(
+            backbone="efficientnet_lite0",
+            layers=("blocks.1", "blocks.2", "blocks.4"),
+            pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
+            cache_teacher_features=cache,
+            visualizer=False,
+        )
+    from tests.models.test_uniad import tiny_model
+
+    return tiny_model(cache_teacher_features=cache, visualizer=False)
+
+
 @pytest.mark.slow
-def test_rd4ad_trains_bit_identically_with_the_cache(tiny_datamodule, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["rd4ad", "uniad"])
+def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule, tmp_path: Path) -> None:
     """Two epochs in a fixed batch order (f32, CPU): the same weights, bit for bit, with the teacher run once per image.
 
     The fixed order keeps each batch's composition the same in both runs, so the comparison
@@ -69,15 +86,9 @@ def test_rd4ad_trains_bit_identically_with_the_cache(tiny_datamodule, tmp_path: 
     features of the epoch-1 batch an image was first seen in.
     """
 
-    def train(cache: bool) -> tuple[dict[str, torch.Tensor], RD4AD]:
+    def train(cache: bool) -> tuple[dict[str, torch.Tensor], AnomalibModule]:
         seed_everything(0, workers=True)
-        model = RD4AD(
-            backbone="efficientnet_lite0",
-            layers=("blocks.1", "blocks.2", "blocks.4"),
-            pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
-            cache_teacher_features=cache,
-            visualizer=False,
-        )
+        model = build(name, cache)
         tiny_datamodule.setup()
         data = tiny_datamodule.train_data
         loader = DataLoader(data, batch_size=4, shuffle=False, collate_fn=data.collate_fn)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
@@ -34,6 +35,7 @@ from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD
+from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 
@@ -64,6 +66,9 @@ class UniAD(EvaluationDefaults, AnomalibModule):
         jitter_scale, jitter_prob: feature jitter (official 20, 1.0); ``0`` disables it.
         pos_embed: ``"learned"`` (official MVTec config) or ``"sine"`` (stored in ``hparams`` as a plain string).
         pool_size: average-pooling window for the image score (official 16).
+        cache_teacher_features: keep the frozen backbone's (aligned) features of every training
+            image after the first epoch instead of recomputing them; the official recipe augments
+            no image (feature jitter is applied after the backbone), and a changed image is refused.
         lr, weight_decay: AdamW (official 1e-4, 1e-4).
         lr_step_epochs, lr_gamma: StepLR (official step 800 of 1000 epochs, x0.1).
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
@@ -90,6 +95,7 @@ class UniAD(EvaluationDefaults, AnomalibModule):
         jitter_prob: float = 1.0,
         pos_embed: PositionEmbedding | str = PositionEmbedding.LEARNED,
         pool_size: int = 16,
+        cache_teacher_features: bool = False,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_step_epochs: int = 800,
@@ -132,6 +138,7 @@ class UniAD(EvaluationDefaults, AnomalibModule):
             pool_size=pool_size,
         )
         self.loss = UniADLoss()
+        self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
@@ -148,10 +155,18 @@ class UniAD(EvaluationDefaults, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the (jittered) features of a batch of normal images; MSE to the clean features."""
         del args, kwargs
-        features, reconstruction = self.model(batch.image)
+        if self.feature_cache is None:
+            features, reconstruction = self.model(batch.image)
+        else:
+            (features,) = self.feature_cache.features(batch.image_path, batch.image, self.backbone_features)
+            reconstruction = self.model.reconstruct(features)
         loss = self.loss(features, reconstruction)
         self.log("train_loss", loss, on_epoch=True, prog_bar=True, logger=True, batch_size=batch.image.shape[0])
         return {"loss": loss}
+
+    def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen backbone's features, aligned to one grid and concatenated (one tensor)."""
+        return [self.model.extract_features(images)]
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Anomaly maps and scores for the evaluator and the post-processor's thresholds."""
