@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Where training time goes, per model and option: `anomalib-ext profile` rows (data / frozen fwd / trained
+# fwd / backward / optimiser ms per step, epoch wall vs the model's own compute, validation) on MVTec 3D-AD
+# tire (210 train images of 600x800, scripts/datasets/prepare.py) and MTD, 256 px, batch 16, offline Lite0.
+# One run at a time on a quiet machine (2-core CPU): the rows record the load average before and after.
+# Usage: bash scripts/benchmarks/training_speed.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
+OUT="${BENCH_OUTPUT:-$ROOT/docs/benchmarks.md}"
+WORK="${BENCH_WORK:-/tmp/anomalib_ext_training_speed}"
+SECTION="Training speed: where a step's time goes"
+cd "$ROOT"
+RD4AD=(--backbone efficientnet_lite0 --layers blocks.1 blocks.2 blocks.4)
+COMMON=(--image-size 256 --batch-size 16 --num-workers 0 --output "$OUT" --section "$SECTION")
+
+profile() {  # label, then any profile options
+  local label="$1"; shift
+  "$VENV/bin/anomalib-ext" profile --label "$label" --work-dir "$WORK/$(echo "$label" | tr ' /=,' '____')" "${COMMON[@]}" "$@"
+}
+
+profile "RD4AD" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2
+profile "RD4AD, no image cache" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --no-image-cache
+profile "RD4AD, teacher features cached" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 \
+  --model-args '{"cache_teacher_features": true}'
+profile "RD4AD, bf16-mixed" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --train-precision bf16-mixed
+profile "UniAD" --model UniAD --data datasets/tire --epochs 2 --model-args '{"backbone": "efficientnet_lite0",
+  "layers": [0, 1, 2, 3], "input_size": [256, 256], "neighbor_size": [9, 9], "pool_size": 18}'
+profile "RSTPM (stage 1, then stage 2)" --model RSTPM --data datasets/tire --epochs 2 --model-args '{"teacher1":
+  "efficientnet_lite0", "teacher2": "efficientnet_lite0", "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+  "layers2": ["blocks.1", "blocks.2", "blocks.4"]}'
+profile "RD4AD" --model RD4AD --data ../shared/datasets/mtd "${RD4AD[@]}" --epochs 2
+profile "RD4AD, no image cache" --model RD4AD --data ../shared/datasets/mtd "${RD4AD[@]}" --epochs 2 --no-image-cache
