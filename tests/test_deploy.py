@@ -18,7 +18,7 @@ LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "b
 
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """anomalib's OpenVINOInferencer writes ./openvino_cache into the working directory."""
+    """Anomalib's OpenVINOInferencer writes ./openvino_cache into the working directory."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -37,7 +37,8 @@ def test_one_colouring_for_every_heat_map() -> None:
 
     low, high = np.zeros((4, 4)), np.full((4, 4), 2.0)
     stack = colour_map(np.stack([low, high]))
-    assert stack.shape == (2, 4, 4, 3) and stack.dtype == np.uint8
+    assert stack.shape == (2, 4, 4, 3)
+    assert stack.dtype == np.uint8
     assert stack[0, 0, 0, 2] > stack[0, 0, 0, 0] and stack[1, 0, 0, 0] > stack[1, 0, 0, 2]  # blue low, red high
     np.testing.assert_array_equal(colour_map(high), stack[0])  # alone, a flat map is its own minimum
     image = np.full((4, 4, 3), 100, np.uint8)
@@ -151,7 +152,8 @@ def test_int8_export_is_quantized_and_close_to_fp32(trained_rd4ad, tmp_path: Pat
     assert np.corrcoef(maps32, weights_only(images)["anomaly_map"].ravel())[0, 1] > 0.98
     # anomalib's inferencer and the folder predictor take the INT8 model as they take the fp32 one
     rows = predict_folder(int8_path, texture_root_images(datamodule), tmp_path / "out", overlays=False)
-    assert rows and all(np.isfinite(row["score"]) for row in rows)
+    assert rows
+    assert all(np.isfinite(row["score"]) for row in rows)
 
 
 def texture_root_images(datamodule) -> Path:

@@ -81,7 +81,8 @@ def assert_same_weights(restored: AnomalibModule, original: AnomalibModule) -> N
 
 @pytest.mark.parametrize("model_cls", CLASSES)
 def test_benchmark_checkpoint_loads_with_the_class_load_from_checkpoint(
-    model_cls: type[AnomalibModule], tmp_path: Path
+    model_cls: type[AnomalibModule],
+    tmp_path: Path,
 ) -> None:
     """A model built with the benchmark's evaluator (AUPRO) loads with ``Model.load_from_checkpoint(path)``."""
     model = benchmark_model(model_cls)

@@ -29,11 +29,14 @@ def test_cached_items_equal_uncached_ones(texture_root: Path) -> None:
     cached = MVTecStyle(texture_root / "brick", **options)
     uncached = MVTecStyle(texture_root / "brick", cache_images=False, **options)
     first, reference = _item_tensors(cached), _item_tensors(uncached)
-    assert len(cached.image_cache) > 0 and len(uncached.image_cache) == 0
+    assert len(cached.image_cache) > 0
+    assert len(uncached.image_cache) == 0
     second = _item_tensors(cached)
     for (image, mask), (image2, _mask2), (ref_image, ref_mask) in zip(first, second, reference, strict=True):
-        assert image.shape == (3, 48, 48) and image.dtype == torch.float32
-        assert torch.equal(image, ref_image) and torch.equal(image2, ref_image)
+        assert image.shape == (3, 48, 48)
+        assert image.dtype == torch.float32
+        assert torch.equal(image, ref_image)
+        assert torch.equal(image2, ref_image)
         assert (mask is None and ref_mask is None) or torch.equal(mask, ref_mask)
 
 
@@ -55,7 +58,8 @@ def test_cache_respects_its_budget(tmp_path: Path) -> None:
         Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(paths[-1])
     cache = DecodedImageCache(max_bytes=2 * 3 * 8 * 8)
     images = [cache.image(path, None) for path in paths]
-    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert len(cache) == 2
+    assert cache.bytes <= cache.max_bytes
     assert torch.equal(cache.image(paths[2], None), images[2])  # past the budget: still served, from the file
 
 
@@ -75,4 +79,5 @@ def test_cache_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
     cache = DecodedImageCache()
     cache.image(path, None)
     restored = pickle.loads(pickle.dumps(cache))
-    assert len(restored) == 1 and torch.equal(restored.image(path, None), cache.image(path, None))
+    assert len(restored) == 1
+    assert torch.equal(restored.image(path, None), cache.image(path, None))

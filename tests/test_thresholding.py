@@ -39,7 +39,12 @@ LABELS = torch.tensor([label for _, _, label in SCORES.values()])
 def image_batch(scores: torch.Tensor, labels: torch.Tensor = LABELS) -> SimpleNamespace:
     """The fields anomalib's post-processor reads and writes, for image-level scores only."""
     return SimpleNamespace(
-        pred_score=scores.clone(), gt_label=labels, anomaly_map=None, gt_mask=None, pred_label=None, pred_mask=None
+        pred_score=scores.clone(),
+        gt_label=labels,
+        anomaly_map=None,
+        gt_mask=None,
+        pred_label=None,
+        pred_mask=None,
     )
 
 

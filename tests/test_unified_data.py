@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_category_folders(texture_root: Path, tmp_path: Path) -> None:
-    """root (+categories) and explicit roots are joined; missing folders and duplicate names fail clearly."""
+    """Root (+categories) and explicit roots are joined; missing folders and duplicate names fail clearly."""
     assert [p.name for p in UnifiedMultiClass.category_folders(texture_root, None, None)] == ["brick", "grass"]
     folders = UnifiedMultiClass.category_folders(texture_root, ["grass"], [texture_root / "brick"])
     assert [p.name for p in folders] == ["grass", "brick"]
@@ -36,7 +36,8 @@ def test_one_train_set_without_labels(texture_root: Path) -> None:
     datamodule.setup("fit")
     train, test = datamodule.train_data.samples, datamodule.test_data.samples
     assert sorted(train.category.unique()) == ["brick", "grass"]
-    assert len(train) == 16 and (train.label_index == 0).all()
+    assert len(train) == 16
+    assert (train.label_index == 0).all()
     assert len(test) == 2 * (4 + 3 * 2)
     assert set(datamodule.image_categories.values()) == {"brick", "grass"}
     item = datamodule.train_data[0]

@@ -100,7 +100,7 @@ def tire(source: Path, target: Path, commit: str) -> None:
                 copy_image(image, target / "test" / defect.name / image.name)
                 if defect.name != "good":
                     binary_mask(defect / "gt" / image.name).save(
-                        mkparent(target / "ground_truth" / defect.name / f"{image.stem}_mask.png")
+                        mkparent(target / "ground_truth" / defect.name / f"{image.stem}_mask.png"),
                     )
 
 

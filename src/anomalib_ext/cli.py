@@ -66,7 +66,7 @@ def _load(target: str) -> Callable[[list[str]], int]:
 
 @functools.cache
 def anomalib_cli_class() -> type[AnomalibCLI]:
-    """anomalib's ``AnomalibCLI`` with :class:`~anomalib_ext.plugins.DeviceSafeCheckpointIO` as default.
+    """Anomalib's ``AnomalibCLI`` with :class:`~anomalib_ext.plugins.DeviceSafeCheckpointIO` as default.
 
     Built on first use so that dispatching to one of our tools does not import anomalib's CLI.
     """

@@ -88,7 +88,7 @@ def model_class(name: str) -> Any:
 
     if name not in anomalib_ext.__all__:
         raise SystemExit(
-            f"anomalib-ext demo: unknown --model {name!r}; choose one of {', '.join(anomalib_ext.__all__)}"
+            f"anomalib-ext demo: unknown --model {name!r}; choose one of {', '.join(anomalib_ext.__all__)}",
         )
     return getattr(anomalib_ext, name)
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key:14s} {metrics[key]:.3f}")
     print(
         f"  OpenVINO vs torch: max map difference {parity['max_map_difference']:.2e}, "
-        f"max score difference {parity['max_score_difference']:.2e}"
+        f"max score difference {parity['max_score_difference']:.2e}",
     )
     print(f"  OpenVINO model:   {parity['openvino_model']}")
     print(f"  Heatmaps:         {len(heatmaps)} files in {output / 'heatmaps'}")

@@ -12,7 +12,11 @@ from anomalib_ext.deploy.heatmap import colour_map
 
 
 def heatmap_grid(
-    images: np.ndarray, masks: np.ndarray | None, maps: Mapping[str, np.ndarray], target: Path, title: str = ""
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    maps: Mapping[str, np.ndarray],
+    target: Path,
+    title: str = "",
 ) -> Path:
     """One row per test image: the image, its ground-truth mask, then each model's anomaly map.
 
@@ -67,7 +71,11 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
         auroc = 100 * float(record["image AUROC"])
         axis.scatter(record["torch_ms"], auroc, marker="o", color="tab:blue")
         axis.annotate(
-            str(record["model"]), (record["torch_ms"], auroc), fontsize=8, xytext=(4, 4), textcoords="offset points"
+            str(record["model"]),
+            (record["torch_ms"], auroc),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
         )
         if record.get("openvino_ms") is not None:
             axis.scatter(record["openvino_ms"], auroc, marker="s", color="tab:orange")
@@ -85,7 +93,7 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
 
 
 def _pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    """Matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -56,7 +56,8 @@ def with_device_safe_checkpoint_io(plugins: Any = None, strategy: Any = None) ->
         entries = [plugins]
     # the private slot: Lightning strategies expose a default ``checkpoint_io`` property even when none was given
     if any(isinstance(plugin, CheckpointIO) for plugin in entries) or isinstance(
-        getattr(strategy, "_checkpoint_io", None), CheckpointIO
+        getattr(strategy, "_checkpoint_io", None),
+        CheckpointIO,
     ):
         return plugins
     return [*entries, DeviceSafeCheckpointIO()]

@@ -122,7 +122,10 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def fitted(
-    request: pytest.FixtureRequest, weights_dir: Path, dataset_root: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    weights_dir: Path,
+    dataset_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fitted]:
     """Step 1 of the suite (``test_fit``): fit the default model once; the other steps reuse its checkpoint."""
     model_name: str = request.param
@@ -177,7 +180,7 @@ def test_predict(fitted: Fitted) -> None:
     predictions = engine.predict(model=model, ckpt_path=fitted.checkpoint, datamodule=datamodule)
     assert predictions
     assert sum(len(batch.pred_score) for batch in predictions) == len(
-        list((fitted.dataset_root / CATEGORY / "test").rglob("*.png"))
+        list((fitted.dataset_root / CATEGORY / "test").rglob("*.png")),
     )
     assert all(batch.anomaly_map is not None for batch in predictions)
 

@@ -102,13 +102,15 @@ def test_penalty_is_mean_square_of_teacher_channels_and_reaches_the_student() ->
     output = torch.randn(1, 16, 4, 4)
     assert float(penalty_loss(output, 8)) == pytest.approx(float(output[:, :8].pow(2).mean()))
     terms["penalty"].backward()
-    assert model.student.conv1.weight.grad is not None and model.teacher.conv1.weight.grad is None
+    assert model.student.conv1.weight.grad is not None
+    assert model.teacher.conv1.weight.grad is None
     assert set(model.losses(images, None)) == {"hard", "ae", "stae"}
 
 
 def test_distilled_teacher_is_loadable(teacher_file: Path) -> None:
     stored = torch.load(teacher_file, map_location="cpu", weights_only=True)
-    assert stored["meta"]["backbone"] == "efficientnet_lite0" and stored["mean"].shape == (1, 384, 1, 1)
+    assert stored["meta"]["backbone"] == "efficientnet_lite0"
+    assert stored["mean"].shape == (1, 384, 1, 1)
     model = EfficientADOffline(teacher_weights=str(teacher_file))
     model.load_teacher()
     torch.testing.assert_close(model.model.teacher.conv4.weight, stored["conv4.weight"])
@@ -137,7 +139,8 @@ def test_tiny_fit_and_test_with_batch_size_above_one(trained) -> None:
     assert all(np.isfinite(value) for value in metrics.values())
     # seed 0, float32 on the CPU (the teacher's 2 distillation steps are seeded too): 5 of 6 pairs ranked right
     assert metrics["image_AUROC"] == pytest.approx(5 / 6, abs=1e-6)
-    assert torch.all(model.model.teacher_std > 0) and not torch.all(model.model.teacher_mean == 0)
+    assert torch.all(model.model.teacher_std > 0)
+    assert not torch.all(model.model.teacher_mean == 0)
 
 
 @pytest.mark.slow
@@ -206,7 +209,8 @@ def test_cli_fit_and_teacher_entry_point(small_root: Path, tmp_path: Path) -> No
         env=env,
         check=False,
     )
-    assert teacher_help.returncode == 0 and "--backbone" in teacher_help.stdout
+    assert teacher_help.returncode == 0
+    assert "--backbone" in teacher_help.stdout
     anomalib = Path(sys.executable).with_name("anomalib")
     command = [
         str(anomalib),

@@ -124,8 +124,10 @@ def test_options_parse_to_strenums_and_hparams_drive_the_optimiser() -> None:
     model = RD4AD(**LITE0, pre_trained=False, student_activation="none", loss_form=LossForm.PER_PIXEL)
     assert model.loss.form is LossForm.PER_PIXEL
     assert model.model.student_relu == [False, False, False]
-    assert model.hparams.loss_form == "per_pixel" and type(model.hparams.loss_form) is str
-    assert type(model.hparams.student_activation) is str and type(model.hparams.anomaly_map_mode) is str
+    assert model.hparams.loss_form == "per_pixel"
+    assert type(model.hparams.loss_form) is str
+    assert type(model.hparams.student_activation) is str
+    assert type(model.hparams.anomaly_map_mode) is str
     model.hparams.lr = 0.01
     assert model.configure_optimizers().defaults["lr"] == 0.01
     with pytest.raises(ValueError, match="loss_form"):

@@ -107,7 +107,8 @@ def test_student2_outputs_signed_only_where_teacher_is(variant: str) -> None:
     with torch.no_grad():
         shallow, middle, deep = student(torch.randn(2, 16, 2, 2), teacher)
     assert float(shallow.min()) >= 0.0
-    assert float(middle.min()) < 0.0 and float(deep.min()) < 0.0
+    assert float(middle.min()) < 0.0
+    assert float(deep.min()) < 0.0
     if variant == "rstpm1":  # same parameters as BasicBlock, so state dicts keep their keys
         assert isinstance(student.stages[0][-1], SignedBasicBlock)
     with pytest.raises(ValueError, match="one flag per target layer"):
@@ -136,7 +137,8 @@ def test_map_fusion_follows_eq1() -> None:
     assert summed.shape == (2, 3, *size)
     for i in range(3):
         torch.testing.assert_close(
-            summed[:, i : i + 1], distance_map(t1[i], s1[i], size) + distance_map(t2[i], s2[i], size)
+            summed[:, i : i + 1],
+            distance_map(t1[i], s1[i], size) + distance_map(t2[i], s2[i], size),
         )
     logits = torch.randn(2, 2, *size)
     maps = AnomalyMapGenerator()(summed, logits)
@@ -150,7 +152,7 @@ def test_losses() -> None:
     features = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
     assert float(StudentTeacherLoss()(features, features)) < 1e-6
     assert float(StudentTeacherLoss()(features, [-f for f in features])) == pytest.approx(
-        2 * 2 * (0.5 * 4)
+        2 * 2 * (0.5 * 4),
     )  # layers x batch x per-pixel 2
     mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
     confident = torch.stack([1 - mask[:, 0], mask[:, 0]], dim=1) * 20 - 10
@@ -161,7 +163,8 @@ def test_pseudo_anomalies(tmp_path: Path) -> None:
     """Perlin fallback and a texture folder both give masks; a missing folder is an error, not a download."""
     images = torch.rand(4, 3, 32, 32)
     augmented, mask = make_pseudo_anomaly_generator("perlin", probability=1.0)(images)
-    assert augmented.shape == images.shape and mask.shape == (4, 1, 32, 32)
+    assert augmented.shape == images.shape
+    assert mask.shape == (4, 1, 32, 32)
     assert float(mask.amax(dim=(1, 2, 3)).min()) == 1.0
     assert torch.equal(augmented * (1 - mask), images * (1 - mask))
 
@@ -208,10 +211,12 @@ def test_defaults_are_paper_teachers_and_fail_offline(tmp_path: Path, monkeypatc
     with pytest.raises(BackboneWeightsError, match=r"resnet18\.tv_in1k"):
         RSTPM()
     model = RSTPM(pre_trained=False, visualizer=False)
-    assert model.hparams.teacher1 == "resnet18.tv_in1k" and model.hparams.teacher2 == "resnet50.tv_in1k"
+    assert model.hparams.teacher1 == "resnet18.tv_in1k"
+    assert model.hparams.teacher2 == "resnet50.tv_in1k"
     assert model.hparams.stage1_epochs is None and model.stage1_epochs is None  # no trainer: nothing resolved
     assert model.trainer_arguments == {"num_sanity_val_steps": 0}  # the trainer keeps its max_epochs
-    assert model.hparams.score_pooling == "max" and type(model.hparams.loss_mode) is str
+    assert model.hparams.score_pooling == "max"
+    assert type(model.hparams.loss_mode) is str
 
 
 @pytest.mark.parametrize(
@@ -259,9 +264,11 @@ def test_argument_checks() -> None:
 def test_options_accept_enums_and_strings() -> None:
     """StrEnum members and their plain values are interchangeable; hparams keep plain strings."""
     model = tiny_model(loss_mode=LossMode.SPLIT, student2_input="direct", score_map=ScoreMap.DISCRIMINATOR)
-    assert model.model.loss_mode is LossMode.SPLIT and model.model.student2_input is Student2Input.DIRECT
+    assert model.model.loss_mode is LossMode.SPLIT
+    assert model.model.student2_input is Student2Input.DIRECT
     assert model.model.detach_student2_input
-    assert model.hparams.loss_mode == "split" and type(model.hparams.loss_mode) is str
+    assert model.hparams.loss_mode == "split"
+    assert type(model.hparams.loss_mode) is str
     model.model.score_map = "student_teacher"  # switchable after training
     assert model.model.score_map is ScoreMap.STUDENT_TEACHER
     with pytest.raises(ValueError, match="score_map"):
@@ -303,7 +310,8 @@ def test_image_score_pooling() -> None:
 
 def test_teachers_stay_frozen_in_eval_mode() -> None:
     model = tiny_model().model.train()
-    assert not model.teacher1.training and not model.teacher2.training
+    assert not model.teacher1.training
+    assert not model.teacher2.training
     assert not any(p.requires_grad for p in [*model.teacher1.parameters(), *model.teacher2.parameters()])
 
 
@@ -384,14 +392,17 @@ def test_two_stage_fit_and_test(tiny_datamodule, tmp_path: Path) -> None:
     assert metrics["image_AUROC"] == pytest.approx(17 / 24, abs=1e-6)
     stage1, stage2 = snapshots.epochs
     assert (stage1["stage"], stage2["stage"]) == (1, 2)
-    assert _changed(initial, stage1, "student1") and not _changed(initial, stage1, "discriminator")
-    assert not _changed(stage1, stage2, "student1") and not _changed(stage1, stage2, "student2")
+    assert _changed(initial, stage1, "student1")
+    assert not _changed(initial, stage1, "discriminator")
+    assert not _changed(stage1, stage2, "student1")
+    assert not _changed(stage1, stage2, "student2")
     assert _changed(stage1, stage2, "discriminator")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "options", [{"loss_mode": "split", "student2_input": "direct"}, {"student2_variant": "rstpm2", "attention": "none"}]
+    "options",
+    [{"loss_mode": "split", "student2_input": "direct"}, {"student2_variant": "rstpm2", "attention": "none"}],
 )
 def test_ablation_options_train(tiny_datamodule, tmp_path: Path, options: dict) -> None:
     """Ablations are switches: split losses (two SGDs) with the direct input, RSTPM-2 without attention."""
@@ -410,7 +421,8 @@ def test_resume_in_stage2(tiny_datamodule, tmp_path: Path) -> None:
     make_engine(tmp_path / "first", max_epochs=3, callbacks=[checkpoints]).fit(model=model, datamodule=tiny_datamodule)
     stage2_checkpoint = tmp_path / "ckpt" / "epoch=1.ckpt"
     saved = torch.load(stage2_checkpoint, map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 1 and len(saved["optimizer_states"]) == 2
+    assert saved["epoch"] == 1
+    assert len(saved["optimizer_states"]) == 2
     assert saved["optimizer_states"][1]["state"], "Adam state of the discriminator was not saved"
 
     resumed = tiny_model()
@@ -424,12 +436,13 @@ def test_resume_in_stage2(tiny_datamodule, tmp_path: Path) -> None:
             v.flatten()
             for k, v in saved["state_dict"].items()
             if k.startswith("model.student1.") and "num_batches" not in k and "running" not in k
-        ]
+        ],
     )
     torch.testing.assert_close(student1, expected)
 
     loaded = RSTPM.load_from_checkpoint(stage2_checkpoint, weights_only=True)
-    assert loaded.hparams.stage1_epochs is None and loaded.hparams.attention == "*+"
+    assert loaded.hparams.stage1_epochs is None
+    assert loaded.hparams.attention == "*+"
 
 
 @pytest.mark.slow

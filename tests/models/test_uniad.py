@@ -183,9 +183,12 @@ def test_default_recipe_matches_official() -> None:
     """EfficientNet-b4 stages 1-4 (272 ch), 14x14, 256 hidden, 4+4 layers, 8 heads, AdamW, StepLR, clip 0.1."""
     model = UniAD(pre_trained=False)
     net = model.model
-    assert net.input_proj.in_features == 272 and net.input_proj.out_features == 256
-    assert net.grid_size == (14, 14) and net.attention_mask.shape == (196, 196)
-    assert len(net.encoder) == 4 and len(net.decoder) == 4
+    assert net.input_proj.in_features == 272
+    assert net.input_proj.out_features == 256
+    assert net.grid_size == (14, 14)
+    assert net.attention_mask.shape == (196, 196)
+    assert len(net.encoder) == 4
+    assert len(net.decoder) == 4
     assert net.encoder[0].self_attn.num_heads == 8
     assert net.encoder[0].ffn[0].out_features == 1024
     assert (net.jitter.scale, net.jitter.prob) == (20.0, 1.0)
@@ -195,7 +198,8 @@ def test_default_recipe_matches_official() -> None:
     config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert optimizer.defaults["lr"] == 1e-4 and optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults["lr"] == 1e-4
+    assert optimizer.defaults["weight_decay"] == 1e-4
     assert (scheduler.step_size, scheduler.gamma) == (800, 0.1)
     assert model.input_size == (224, 224)
     # the official lukemelas 'efficientnet-b4' weights are the TF AutoAugment checkpoint, not timm's default
@@ -204,10 +208,12 @@ def test_default_recipe_matches_official() -> None:
 
 def test_options_and_hparams() -> None:
     """pos_embed parses to the StrEnum, is stored as a plain string, bad values name the argument;
-    the optimiser and scheduler read hparams."""
+    the optimiser and scheduler read hparams.
+    """
     model = tiny_model(pre_trained=False, pos_embed=PositionEmbedding.SINE)
     assert isinstance(model.model.pos_embed, SinePositionEmbedding)
-    assert model.hparams.pos_embed == "sine" and type(model.hparams.pos_embed) is str
+    assert model.hparams.pos_embed == "sine"
+    assert type(model.hparams.pos_embed) is str
     assert isinstance(tiny_model(pre_trained=False, pos_embed="learned").model.pos_embed, LearnedPositionEmbedding)
     with pytest.raises(ValueError, match="pos_embed"):
         tiny_model(pre_trained=False, pos_embed="rotary")

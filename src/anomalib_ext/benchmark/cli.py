@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also score the OpenVINO export at f32, bf16 and INT8 (accuracy and batch-1 latency, same weights)",
     )
     parser.add_argument(
-        "--curve-every", type=int, default=0, help="score the test split every N epochs (the training curve); 0: off"
+        "--curve-every",
+        type=int,
+        default=0,
+        help="score the test split every N epochs (the training curve); 0: off",
     )
     parser.add_argument(
         "--precision",

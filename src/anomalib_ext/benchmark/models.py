@@ -57,7 +57,11 @@ def weights_never_downloaded() -> Iterator[None]:
 
 
 def build_model(
-    model_cls: Any, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
+    model_cls: Any,
+    backbone: str | None,
+    layers: list[str] | None,
+    image_size: int,
+    extra: dict[str, Any],
 ) -> Any:
     """Instantiate ``model_cls`` offline at ``image_size``, with AUPRO in its evaluator."""
     from anomalib_ext.components.backbone import check_backbone_name, load_into, pretrained_state_dict

@@ -54,7 +54,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
     torch_ms, ov_ms = measure_latency(
-        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu", args.precision
+        model,
+        args.image_size,
+        work / "export",
+        "cuda" if accelerator == "gpu" else "cpu",
+        args.precision,
     )
     row = {
         "model": args.label or model_cls.__name__,

@@ -50,7 +50,7 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
         model = EfficientAdModel(model_size="small" if model_size == "small" else "medium")
         model.mean_std.update({"mean": torch.rand(1, 384, 1, 1), "std": torch.rand(1, 384, 1, 1) + 0.5})
         model.quantiles.update(
-            {k: torch.tensor(v) for k, v in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), (0.1, 0.5) * 2, strict=True)}
+            {k: torch.tensor(v) for k, v in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), (0.1, 0.5) * 2, strict=True)},
         )
     else:
         msg = f"unknown model kind {kind!r}"

@@ -29,7 +29,10 @@ def hardware() -> str:
 
 
 def median_ms(
-    run: Callable[[], object], repeats: int = 20, warmup: int = 3, sync: Callable[[], object] | None = None
+    run: Callable[[], object],
+    repeats: int = 20,
+    warmup: int = 3,
+    sync: Callable[[], object] | None = None,
 ) -> float:
     """Median wall time of ``run`` in milliseconds, after ``sync`` (default: CUDA's, when there is a GPU)."""
     if sync is None:
@@ -47,7 +50,11 @@ def median_ms(
 
 
 def measure_latency(
-    model: Any, image_size: int, export_root: Path, device: str, precision: str = "f32"
+    model: Any,
+    image_size: int,
+    export_root: Path,
+    device: str,
+    precision: str = "f32",
 ) -> tuple[float, float | None]:
     """Batch-1 latency of the full inference graph: eager torch on ``device``, OpenVINO on CPU at ``precision``."""
     model = model.to(device).eval()

@@ -26,9 +26,9 @@ class EvaluationDefaults:
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """anomalib's default metrics plus pixel AUPRO, stateless in checkpoints."""
+        """Anomalib's default metrics plus pixel AUPRO, stateless in checkpoints."""
         return default_evaluator()
 
     def configure_post_processor(self) -> PostProcessor:
-        """anomalib's post-processing with thresholds between scores."""
+        """Anomalib's post-processing with thresholds between scores."""
         return MidpointPostProcessor()

@@ -82,7 +82,7 @@ def make_transform(image_size: int, augment: Augment) -> v2.Transform:
                 v2.RandomGrayscale(0.3),
                 v2.CenterCrop(image_size),
                 to_float,
-            ]
+            ],
         )
     if augment == "none":
         return v2.Compose([v2.Resize((image_size, image_size), antialias=True), to_float])
@@ -95,7 +95,7 @@ def make_transform(image_size: int, augment: Augment) -> v2.Transform:
             v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
             v2.RandomGrayscale(0.2),
             to_float,
-        ]
+        ],
     )
 
 

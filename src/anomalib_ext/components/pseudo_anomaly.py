@@ -85,7 +85,7 @@ def write_texture_source(folder: str | Path | None = None, names: Sequence[str] 
         handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=folder)
         os.close(handle)
         write_png(photo, temporary)
-        os.replace(temporary, folder / f"{name}.png")
+        Path(temporary).replace(folder / f"{name}.png")
     return folder
 
 
@@ -107,7 +107,7 @@ def make_pseudo_anomaly_generator(
     probability: float = 0.5,
     blend_factor: float | tuple[float, float] = (0.1, 1.0),
 ) -> PerlinAnomalyGenerator:
-    """anomalib's Perlin generator with the paper's source augmentations.
+    """Anomalib's Perlin generator with the paper's source augmentations.
 
     Args:
         anomaly_source: ``"perlin"`` (or ``None``) for anomalib's Perlin-noise source,

@@ -75,7 +75,7 @@ class MidpointF1AdaptiveThreshold(F1AdaptiveThreshold):
     """
 
     def compute(self) -> torch.Tensor:
-        """anomalib's F1-optimal threshold, then halfway to the next lower score."""
+        """Anomalib's F1-optimal threshold, then halfway to the next lower score."""
         value = super().compute()
         if self.thresholds is not None or not (self._has_anomalous_samples() and self._has_normal_samples()):
             return value

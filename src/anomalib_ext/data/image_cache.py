@@ -115,6 +115,6 @@ class DecodedImageCache:
                 self.bytes -= stale.numel() * stale.element_size()
             if self.bytes + nbytes <= self.max_bytes:
                 self._entries[key] = tensor
-                self._current[(kind, str(path))] = key
+                self._current[kind, str(path)] = key
                 self.bytes += nbytes
         return tensor

@@ -106,7 +106,7 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                         "image_path": str(image_path),
                         "mask_path": mask_path,
                         "label_index": int(LabelName.NORMAL if normal else LabelName.ABNORMAL),
-                    }
+                    },
                 )
     samples = pd.DataFrame(rows, columns=["path", "split", "label", "image_path", "mask_path", "label_index"])
     if not (samples.split == "train").any():
@@ -242,7 +242,11 @@ class MVTecStyle(AnomalibDataModule):
     def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
         """One split at this module's image size, sharing its decoded-image cache."""
         dataset = MVTecStyleDataset(
-            root, split=split, samples=samples, image_size=self.image_size, cache=self.image_cache
+            root,
+            split=split,
+            samples=samples,
+            image_size=self.image_size,
+            cache=self.image_cache,
         )
         if self.image_cache.max_bytes > 0:
             dataset.fill_cache()

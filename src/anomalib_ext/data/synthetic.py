@@ -50,7 +50,10 @@ def _ellipse_mask(size: int, rng: np.random.Generator, scale: tuple[float, float
 
 
 def _draw_defect(
-    image: Image.Image, kind: str, other: Image.Image, rng: np.random.Generator
+    image: Image.Image,
+    kind: str,
+    other: Image.Image,
+    rng: np.random.Generator,
 ) -> tuple[Image.Image, Image.Image]:
     size = image.size[0]
     if kind == "scratch":

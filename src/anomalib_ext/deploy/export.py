@@ -15,7 +15,7 @@ from .runtime import ExportedModel, InferencePrecision
 
 
 def quiet_exporter_logs() -> None:
-    """onnxscript logs a traceback when its opset down-conversion falls back; the export is fine (see README)."""
+    """Onnxscript logs a traceback when its opset down-conversion falls back; the export is fine (see README)."""
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
@@ -36,7 +36,8 @@ def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_siz
             outputs = exported(image.numpy())
             worst_map = max(worst_map, float(np.abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max()))
             worst_score = max(
-                worst_score, float(np.abs(outputs["pred_score"].ravel() - expected.pred_score.numpy().ravel()).max())
+                worst_score,
+                float(np.abs(outputs["pred_score"].ravel() - expected.pred_score.numpy().ravel()).max()),
             )
     return {"openvino_model": str(path), "max_map_difference": worst_map, "max_score_difference": worst_score}
 
@@ -88,7 +89,12 @@ def export_openvino(
 
 
 def _quantize_int8(
-    fp32: Path, export_root: Path, name: str, calibration: Iterable[Any] | None, count: int, precision: str
+    fp32: Path,
+    export_root: Path,
+    name: str,
+    calibration: Iterable[Any] | None,
+    count: int,
+    precision: str,
 ) -> Path:
     """NNCF INT8 of an fp32 IR: weight-only, or post-training quantisation on ``count`` calibration images."""
     import nncf

@@ -50,7 +50,11 @@ def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Pa
     paths = {
         "fp32": export_openvino(model, export_root, image_size),
         "int8": export_openvino(
-            model, export_root, image_size, precision="int8", calibration=datamodule.train_dataloader()
+            model,
+            export_root,
+            image_size,
+            precision="int8",
+            calibration=datamodule.train_dataloader(),
         ),
         "int8-weights": export_openvino(model, export_root, image_size, precision="int8-weights"),
     }
@@ -67,7 +71,7 @@ def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Pa
                 "pixel AUROC": pixel_auroc if pixel_auroc is not None else "n/a",
                 "batch-1 latency": f"{batch1_ms(exported, image_size):.1f} ms",
                 "bf16 on this CPU": cpu_supports("BF16"),
-            }
+            },
         )
     return rows
 
@@ -93,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     model_cls: Any = resolve_model_class(args.model)
     model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu")
     datamodule = MVTecStyle(
-        args.data, image_size=args.image_size, train_batch_size=args.batch_size, eval_batch_size=args.batch_size
+        args.data,
+        image_size=args.image_size,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
     )
     datamodule.setup()
     for row in precision_rows(model.eval(), datamodule, args.image_size, args.work_dir):

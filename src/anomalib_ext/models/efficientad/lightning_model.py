@@ -100,7 +100,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(
-            pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
         )
         self.teacher_weights = None if teacher_weights is None else str(teacher_weights)
         self.model_size = model_size
@@ -308,6 +311,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
                     teacher,
                 )
                 distill_teacher(
-                    teacher, image_size=image_size, steps=cls.DEMO_TEACHER_STEPS, batch_size=4, norm_images=16
+                    teacher,
+                    image_size=image_size,
+                    steps=cls.DEMO_TEACHER_STEPS,
+                    batch_size=4,
+                    norm_images=16,
                 )
         return {"teacher_weights": str(teacher), "model_size": "small", "image_size": image_size}

@@ -166,7 +166,7 @@ def distill_teacher(
                 v2.Resize((2 * image_size, 2 * image_size), antialias=True),
                 v2.RandomGrayscale(0.1),
                 v2.ToDtype(torch.float32, scale=True),
-            ]
+            ],
         )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True)
     batches = endless(loader)

@@ -95,7 +95,7 @@ def color_jitter(images: torch.Tensor, generator: torch.Generator | None = None)
     choices = torch.randint(0, 3, (len(images),), generator=generator).tolist()
     factors = (0.8 + 0.4 * torch.rand(len(images), generator=generator)).tolist()
     return torch.stack(
-        [functions[choice](image, factor) for image, choice, factor in zip(images, choices, factors, strict=True)]
+        [functions[choice](image, factor) for image, choice, factor in zip(images, choices, factors, strict=True)],
     )
 
 
@@ -171,7 +171,9 @@ class EfficientADModel(nn.Module):
             terms["penalty"] = penalty_loss(self.student(self.normalize_input(natural)), channels)
         x_aug = self.normalize_input(color_jitter(images))
         loss_ae, loss_stae = autoencoder_losses(
-            self.teacher_features(x_aug), self.ae(x_aug), self.student(x_aug)[:, channels:]
+            self.teacher_features(x_aug),
+            self.ae(x_aug),
+            self.student(x_aug)[:, channels:],
         )
         terms.update(ae=loss_ae, stae=loss_stae)
         return terms

@@ -25,7 +25,9 @@ class MapFusion(StrEnum):
 
 
 def layer_distance_maps(
-    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], image_size: tuple[int, int]
+    teacher: Sequence[torch.Tensor],
+    student: Sequence[torch.Tensor],
+    image_size: tuple[int, int],
 ) -> list[torch.Tensor]:
     """``1 - cos(t, s)`` over channels for each layer, upsampled to ``image_size`` (B x 1 x H x W)."""
     maps = []
@@ -45,7 +47,10 @@ class AnomalyMapGenerator(nn.Module):
         self.blur = GaussianBlur2d(kernel_size=(kernel, kernel), sigma=(sigma, sigma), channels=1)
 
     def forward(
-        self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], image_size: tuple[int, int]
+        self,
+        teacher: Sequence[torch.Tensor],
+        student: Sequence[torch.Tensor],
+        image_size: tuple[int, int],
     ) -> torch.Tensor:
         """The fused, smoothed map at ``image_size`` (the input's size, as the official code does)."""
         maps = layer_distance_maps(teacher, student, image_size)

@@ -71,7 +71,9 @@ def init_weights(module: nn.Module) -> None:
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -101,7 +103,8 @@ class Bottleneck(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_ch),
             )
         self.relu = nn.ReLU(inplace=True)
 
@@ -135,7 +138,8 @@ class DeBottleneck(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if upsample > 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False), nn.BatchNorm2d(out_ch)
+                nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False),
+                nn.BatchNorm2d(out_ch),
             )
         self.relu: nn.Module = nn.ReLU(inplace=True) if out_relu else nn.Identity()
 
@@ -245,7 +249,11 @@ class RD4ADModel(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
-            backbone, layers, pre_trained=pre_trained, weights=weights, allow_download=allow_download
+            backbone,
+            layers,
+            pre_trained=pre_trained,
+            weights=weights,
+            allow_download=allow_download,
         )
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(False)
@@ -253,7 +261,11 @@ class RD4ADModel(nn.Module):
         self.student_relu = student_relu_flags(student_activation, self.encoder)
         self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
         self.decoder = DeResNetDecoder(
-            shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio, output_relu=self.student_relu
+            shapes,
+            self.bottleneck.out_channels,
+            decoder_blocks,
+            decoder_width_ratio,
+            output_relu=self.student_relu,
         )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
 

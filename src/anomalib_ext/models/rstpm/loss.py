@@ -24,7 +24,9 @@ class StudentTeacherLoss(nn.Module):
     """Eq. 6: the layer losses summed over every (teacher, student) pair given."""
 
     def forward(
-        self, teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor]
+        self,
+        teacher_features: Sequence[torch.Tensor],
+        student_features: Sequence[torch.Tensor],
     ) -> torch.Tensor:
         """Sum of :func:`layer_loss` over aligned lists of teacher and student features."""
         losses = [layer_loss(t, s) for t, s in zip(teacher_features, student_features, strict=True)]

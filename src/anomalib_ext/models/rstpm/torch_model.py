@@ -133,7 +133,11 @@ class RSTPMModel(nn.Module):
         deep_channels = feature_shapes(self.teacher1)[-1][0]
         target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
         self.student2 = ReconstructionStudent(
-            deep_channels, target_channels, student2_variant, attention, nonnegative_outputs(self.teacher2)
+            deep_channels,
+            target_channels,
+            student2_variant,
+            attention,
+            nonnegative_outputs(self.teacher2),
         )
         self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
         self.anomaly_map_generator = AnomalyMapGenerator()
@@ -183,7 +187,11 @@ class RSTPMModel(nn.Module):
     def summed_maps(self, features: RSTPMFeatures, image_size: Sequence[int]) -> torch.Tensor:
         """``(B, 3, H, W)``: ``m1+m6, m2+m5, m3+m4``, the discriminator's input."""
         return self.anomaly_map_generator.summed_maps(
-            features.teacher1, features.student1, features.teacher2, features.student2, image_size=image_size
+            features.teacher1,
+            features.student1,
+            features.teacher2,
+            features.student2,
+            image_size=image_size,
         )
 
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
