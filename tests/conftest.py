@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MTD_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
 LOOPBACK_PREFIXES = ("127.", "::1", "localhost")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from anomalib.engine import Engine
 
 from anomalib_ext.deploy import ExportedModel
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:

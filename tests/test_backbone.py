@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import timm
@@ -17,6 +17,9 @@ from anomalib_ext.components.backbone import (
     pretrained_state_dict,
     read_state_dict,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 IMAGENET_EGYPTIAN_CAT = 285
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

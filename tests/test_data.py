@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from anomalib_ext.data import DatasetError, MVTecStyle, make_mvtec_style_samples, make_texture_dataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _digest(folder: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,6 +12,9 @@ import torch
 import anomalib_ext
 from anomalib_ext import demo
 from anomalib_ext.models.efficientad import EfficientADOffline
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # EfficientAD's autoencoder needs at least 128 px; the others run at the texture set's 64 px.
 IMAGE_SIZE = {"RD4AD": 64, "RSTPM": 64, "UniAD": 64, "EfficientADOffline": 128}

@@ -9,18 +9,21 @@ evaluator.test_metrics.4.fpr_limit"). Checkpoints are written with Lightning's o
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Trainer
 
 from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 from anomalib_ext.benchmark import build_model
 from anomalib_ext.components.evaluation import StatelessEvaluator, default_evaluator, default_test_metrics
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib.models.components import AnomalibModule
 
 LITE0 = ("blocks.1", "blocks.2", "blocks.4")
 # Tiny, offline constructions (random backbones: nothing is read from disk).

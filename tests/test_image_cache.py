@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +12,9 @@ from PIL import Image
 
 from anomalib_ext.data import DatasetError, MVTecStyle
 from anomalib_ext.data.image_cache import DecodedImageCache
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _item_tensors(datamodule: MVTecStyle) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

@@ -11,7 +11,7 @@ raw on this subset).
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from lightning.pytorch import seed_everything
@@ -21,6 +21,9 @@ from anomalib_ext.callbacks import score_test_set
 from anomalib_ext.data import MVTecStyle
 from tests.conftest import MTD_ROOT, requires_mtd
 from tests.helpers import fit_and_test
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Measured on this subset with the TF Lite0 teacher, 128 px, 4 epochs, seed 0, float32 on a 2-core
 # Intel CPU, raw outputs: image AUROC 0.576, pixel AUROC 0.628 (the earlier, wrong Lite0 network gave

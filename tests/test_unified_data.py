@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -13,6 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_ext.data import DatasetError, PerCategoryMetrics, UnifiedMultiClass
 from tests.helpers import fit_and_test
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 

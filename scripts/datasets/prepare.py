@@ -31,12 +31,15 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 

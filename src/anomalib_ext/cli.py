@@ -27,11 +27,12 @@ import functools
 import importlib
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
     from anomalib.cli.cli import AnomalibCLI
 
 # sub-command -> "module:function" taking argv and returning an exit code; imported lazily

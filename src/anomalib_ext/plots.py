@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anomalib_ext.deploy.heatmap import colour_map
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 def heatmap_grid(

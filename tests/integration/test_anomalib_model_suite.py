@@ -24,9 +24,9 @@ Differences, none of which changes the sequence:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import timm
@@ -35,13 +35,17 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from anomalib.models import get_model
-from anomalib.models.components import AnomalibModule
 
 # Imported (not only `import anomalib_ext`, which loads models lazily) so that the classes exist as
 # AnomalibModule subclasses, which is where anomalib's get_model(name) looks for them.
 from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 from anomalib_ext.components.backbone import WEIGHTS_DIR_ENV, split_timm_name
 from anomalib_ext.models.efficientad.torch_model import make_pdn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anomalib.models.components import AnomalibModule
 
 pytestmark = pytest.mark.slow
 

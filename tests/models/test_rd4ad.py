@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +16,9 @@ from anomalib_ext.models.rd4ad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.rd4ad.loss import RD4ADLoss
 from anomalib_ext.models.rd4ad.torch_model import DeResNetDecoder, OneClassBottleneck, RD4ADModel
 from tests.helpers import assert_openvino_parity, fit_and_test
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
 RESNET18 = {"backbone": "resnet18", "layers": ("layer1", "layer2", "layer3")}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
 
 # anomalib built-ins: where their frozen ImageNet backbone lives (the rest stays randomly initialised)
 ANOMALIB_FROZEN_BACKBONE = {

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .models import build_model, model_arguments, model_backbone, resolve_model_class
 from .report import DEPLOY_COLUMNS, append_row, curve_text, grid_maps, variant_label
 from .timing import hardware, measure_latency
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anomalib_ext.benchmark.timing import median_ms
 from anomalib_ext.models.efficientad.torch_model import EfficientADModel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MODES = ("eager", "channels_last", "half", "autocast", "compile", "cuda_graph", "openvino")
 

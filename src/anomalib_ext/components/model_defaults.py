@@ -14,11 +14,14 @@ place decides, and a model (or a user, through the constructor) can still overri
 
 from __future__ import annotations
 
-from anomalib.metrics import Evaluator
-from anomalib.post_processing import PostProcessor
+from typing import TYPE_CHECKING
 
 from .evaluation import default_evaluator
 from .thresholding import MidpointPostProcessor
+
+if TYPE_CHECKING:
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
 
 
 class EvaluationDefaults:

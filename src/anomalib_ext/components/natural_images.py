@@ -14,15 +14,17 @@ Images come back as float tensors in ``[0, 1]`` (ImageNet normalisation is the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPEG")
 SKIMAGE_PHOTOS = (

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomalib.data.transforms import MultiRandomChoice
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
@@ -26,6 +26,9 @@ from torchvision.io import write_png
 from torchvision.transforms import v2
 
 from .natural_images import skimage_photos
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TEXTURE_DIR_ENV = "ANOMALIB_EXT_TEXTURE_DIR"
 # scikit-image's bundled images (no download): the three textures plus varied colour photos.

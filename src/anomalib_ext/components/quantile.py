@@ -10,9 +10,12 @@ limit), using the same linear interpolation as ``torch.quantile``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def quantile(tensor: torch.Tensor, q: float) -> torch.Tensor:

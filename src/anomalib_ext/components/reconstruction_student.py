@@ -23,8 +23,8 @@ ReLU output could never match). ``nonnegative`` says which, per target layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from torch.nn import functional as F  # noqa: N812
 from torchvision.models.resnet import BasicBlock
 
 from .attention_gate import GATE_FORMS, AttentionGate
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class StudentVariant(StrEnum):

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 

@@ -18,8 +18,8 @@ images need no masks and only image metrics are computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -27,12 +27,16 @@ from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.base import AnomalibDataset
 from anomalib.data.utils import LabelName, Split
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2.functional import to_dtype
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
 from .image_cache import DEFAULT_MAX_BYTES, DatasetError, DecodedImageCache
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torchvision.transforms.v2 import Transform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 __all__ = ["DatasetError", "MVTecStyle", "MVTecStyleDataset", "make_mvtec_style_samples"]

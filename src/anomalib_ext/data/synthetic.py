@@ -13,12 +13,15 @@ MVTec-style tool) reads it. The same ``seed`` always gives the same files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from skimage import data as skdata
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 TEXTURES: dict[str, Callable[[], np.ndarray]] = {
     "brick": skdata.brick,

@@ -22,19 +22,22 @@ metrics are logged unchanged next to them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from anomalib.data.utils import Split
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchvision.transforms.v2 import Transform
 
 from .mvtec_style import DatasetError, MVTecStyle, make_mvtec_style_samples
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torchvision.transforms.v2 import Transform
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",

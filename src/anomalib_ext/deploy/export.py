@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .runtime import ExportedModel, InferencePrecision
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def quiet_exporter_logs() -> None:

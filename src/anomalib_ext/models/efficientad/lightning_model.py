@@ -19,18 +19,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -40,6 +35,13 @@ from anomalib_ext.components.quantile import quantiles
 
 from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, distill_teacher, load_teacher_file
 from .torch_model import EfficientADModel, ModelSize
+
+if TYPE_CHECKING:
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 logger = logging.getLogger(__name__)
 TEACHER_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"

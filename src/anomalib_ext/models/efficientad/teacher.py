@@ -25,8 +25,8 @@ import argparse
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, create
 from anomalib_ext.components.natural_images import NaturalImages, endless
 
 from .torch_model import ModelSize, make_pdn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,16 @@ anomalib's ``GaussianBlur2d`` so the whole map stays on-device and exportable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components.filters import GaussianBlur2d
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class MapFusion(StrEnum):

@@ -17,18 +17,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_ext.components.model_defaults import EvaluationDefaults
@@ -37,6 +29,17 @@ from anomalib_ext.components.options import parse_option
 from .anomaly_map import MapFusion
 from .loss import LossForm, RD4ADLoss
 from .torch_model import RD4ADModel, StudentActivation
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.pre_processing import PreProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 
 class RD4AD(EvaluationDefaults, AnomalibModule):

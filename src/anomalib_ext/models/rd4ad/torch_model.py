@@ -25,18 +25,22 @@ channel count and stride from the teacher's timm feature info, so other timm CNN
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from anomalib.data import InferenceBatch
-from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
 from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
 
 from .anomaly_map import AnomalyMapGenerator, MapFusion
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.models.components import TimmFeatureExtractor
 
 
 class StudentActivation(StrEnum):

@@ -28,20 +28,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Resize
 
@@ -54,6 +47,16 @@ from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
 from .torch_model import LossMode, RSTPMModel, Student2Input
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 logger = logging.getLogger(__name__)
 

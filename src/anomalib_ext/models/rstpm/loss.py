@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from kornia.losses import FocalLoss
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def layer_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,8 @@ can paste pseudo-anomalies on un-normalised images and the exported graph takes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from anomalib.data import InferenceBatch
@@ -30,6 +28,10 @@ from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 
 class Student2Input(StrEnum):

@@ -18,18 +18,11 @@ Train one model on several categories with :class:`anomalib_ext.data.UnifiedMult
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -39,6 +32,16 @@ from anomalib_ext.components.options import parse_option
 
 from .loss import UniADLoss
 from .torch_model import DEFAULT_BACKBONE, PositionEmbedding, UniADModel
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 __all__ = ["UniAD"]
 

@@ -19,9 +19,8 @@ the shared backbone component can build works (e.g. the offline ``efficientnet_l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from anomalib.data import InferenceBatch
@@ -34,6 +33,10 @@ from anomalib_ext.components.feature_jitter import FeatureJitter
 from anomalib_ext.components.neighbor_attention import MaskedEncoderLayer, QueryDecoderLayer, neighbor_mask
 
 from .anomaly_map import AnomalyMapGenerator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 DEFAULT_BACKBONE = "tf_efficientnet_b4.aa_in1k"
 
