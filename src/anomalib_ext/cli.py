@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Sequence
 
     from anomalib.cli.cli import AnomalibCLI
 
@@ -49,7 +49,7 @@ QUIET_MODULES = r"(anomalib|timm)(\..*)?"
 
 
 @contextmanager
-def third_party_future_warnings_hidden() -> Iterator[None]:
+def third_party_future_warnings_hidden() -> Generator[None, None, None]:
     """Hide FutureWarnings raised from anomalib's and timm's own modules while a command runs.
 
     Scoped (``warnings.catch_warnings``) so that calling :func:`main` in-process leaves the caller's

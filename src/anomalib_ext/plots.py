@@ -11,6 +11,9 @@ from anomalib_ext.deploy.heatmap import colour_map
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from types import ModuleType
+
+    from matplotlib.figure import Figure
 
 
 def heatmap_grid(
@@ -30,6 +33,7 @@ def heatmap_grid(
             The colouring is :func:`anomalib_ext.deploy.heatmap.colour_map`, the one the demo and
             ``predict-folder`` use, applied to the model's N maps at once.
         target: PNG to write.
+        title: figure title above the grid; none when empty.
     """
     plt = _pyplot()
     if images.ndim != 4 or images.shape[1] != 3:
@@ -94,17 +98,17 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
     return _save(figure, target)
 
 
-def _pyplot() -> Any:
+def _pyplot() -> ModuleType:
     """Matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(figure: Any, target: Path) -> Path:
+def _save(figure: Figure, target: Path) -> Path:
     plt = _pyplot()
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

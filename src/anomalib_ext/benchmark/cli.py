@@ -26,6 +26,7 @@ from .runner import run_benchmark
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the benchmark's command line (``sys.argv`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(prog="anomalib-ext benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
@@ -55,7 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         type=json.loads,
         default=[],
-        help='after testing, test again with torch-model attributes set, one JSON object each: \'{"score_map": "discriminator"}\'',
+        help=(
+            "after testing, test again with torch-model attributes set, one JSON object each: "
+            '\'{"score_map": "discriminator"}\''
+        ),
     )
     parser.add_argument(
         "--deploy-precisions",
@@ -78,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Benchmark each model in turn; append the rows and write the plots when asked. Returns the exit code."""
     args = parse_args(argv)
     rows = []
     for name in args.models:  # one after the other, same data, backbone, size, epochs and seed
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:
-        title = f"{Path(args.data).name}, {args.backbone or 'default backbones'}, {args.image_size} px, {args.epochs} epochs"
+        backbone = args.backbone or "default backbones"
+        title = f"{Path(args.data).name}, {backbone}, {args.image_size} px, {args.epochs} epochs"
         for path in write_plots(rows, args.plots, title):
             print(f"Wrote {path}")
     return 0

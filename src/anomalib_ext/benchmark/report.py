@@ -9,6 +9,9 @@ import torch
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from anomalib.data import AnomalibDataModule
+    from anomalib.models import AnomalibModule
+
 COLUMNS = (
     "model",
     "dataset",
@@ -48,10 +51,11 @@ def curve_text(points: list[tuple[int, float, float | None]]) -> str:
 
 
 def variant_label(variant: dict[str, Any]) -> str:
+    """``key=value, ...``: the attributes a variant row changed, as shown after the model name."""
     return ", ".join(f"{key}={value}" for key, value in variant.items())
 
 
-def format_cell(value: Any) -> str:
+def format_cell(value: object) -> str:
     """Metrics as percentages with one decimal, everything else as text."""
     if isinstance(value, float):
         return f"{100 * value:.1f}"
@@ -60,7 +64,7 @@ def format_cell(value: Any) -> str:
 
 def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> None:
     """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     line = "| " + " | ".join(format_cell(row.get(column, "")) for column in columns) + " |\n"
     title = f"## {section}\n"
@@ -76,10 +80,10 @@ def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str
         table_end = body.rfind("|\n") + 2
         body = body[:table_end] + line + body[table_end:]
         text = text[:start] + body + text[end:]
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
 
 
-def grid_maps(model: Any, datamodule: Any, count: int) -> dict[str, Any]:
+def grid_maps(model: AnomalibModule, datamodule: AnomalibDataModule, count: int) -> dict[str, Any]:
     """The model's anomaly maps on ``count`` test images spread over the (sorted, fixed) test set."""
     import numpy as np
 

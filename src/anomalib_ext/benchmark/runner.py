@@ -18,6 +18,10 @@ from .timing import hardware, measure_latency
 if TYPE_CHECKING:
     import argparse
 
+    from anomalib.data import AnomalibDataModule
+    from anomalib.engine import Engine
+    from anomalib.models import AnomalibModule
+
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, test and time one model; return the row as a dict."""
@@ -75,7 +79,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "torch latency": f"{torch_ms:.1f} ms ({'GPU' if accelerator == 'gpu' else 'CPU'})",
         "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
         "hardware": hardware(),
-        "date": dt.date.today().isoformat(),
+        "date": dt.datetime.now().astimezone().date().isoformat(),  # the local date, as date.today()
         "curve (epoch: image / pixel AUROC)": curve_text(curve.points) if curve else "",
         "torch_ms": torch_ms,
         "openvino_ms": ov_ms,
@@ -112,7 +116,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def variant_row(engine: Any, model: Any, datamodule: Any, variant: dict[str, Any]) -> dict[str, Any]:
+def variant_row(
+    engine: Engine,
+    model: AnomalibModule,
+    datamodule: AnomalibDataModule,
+    variant: dict[str, Any],
+) -> dict[str, Any]:
     """Test the trained model again with torch-model attributes changed (e.g. RSTPM's ``score_map``).
 
     For choices a model can switch after training, so one training scores every form of its map.

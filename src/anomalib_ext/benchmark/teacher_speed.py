@@ -63,7 +63,7 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
 
 def torch_runner(model: nn.Module, images: torch.Tensor, mode: str) -> Callable[[], object]:
     """A zero-argument callable running ``model`` on ``images`` in the given torch mode."""
-    if mode in ("channels_last", "half", "compile", "cuda_graph"):
+    if mode in {"channels_last", "half", "compile", "cuda_graph"}:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     if mode == "half":
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batch_sizes:
                 try:
                     ms = measure(kind, mode, batch, args.device, args.image_size, args.warmup, args.iters)
-                except Exception as error:  # one unsupported mode should not stop the table
+                except Exception as error:  # noqa: BLE001  # one unsupported mode should not stop the table
                     print(f"| {kind} | {mode} | {batch} | failed: {type(error).__name__}: {error} | | |")
                     continue
                 print(f"| {kind} | {mode} | {batch} | {ms:.2f} | {1000 * batch / ms:.1f} | |", flush=True)

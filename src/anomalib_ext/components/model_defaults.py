@@ -32,6 +32,7 @@ class EvaluationDefaults:
         """Anomalib's default metrics plus pixel AUPRO, stateless in checkpoints."""
         return default_evaluator()
 
-    def configure_post_processor(self) -> PostProcessor:
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
         """Anomalib's post-processing with thresholds between scores."""
         return MidpointPostProcessor()

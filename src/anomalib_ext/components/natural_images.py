@@ -126,9 +126,11 @@ class NaturalImages(Dataset):
         self.transform = make_transform(image_size, augment or ("penalty" if self.files else "heavy"))
 
     def __len__(self) -> int:
+        """The number of folder images, or the virtual ``length`` for the bundled photos."""
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """Image ``index`` through the dataset's transform (the bundled photos repeat), as a float CHW tensor."""
         if self.files:
             with Image.open(self.files[index]) as image:
                 array = np.asarray(image.convert("RGB"))

@@ -98,7 +98,10 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                         raise DatasetError(msg)
                     mask_path = str(mask)
                     if check_files and check_image(mask) != check_image(image_path):
-                        msg = f"Mask {mask} has size {check_image(mask)} but image {image_path} has {check_image(image_path)}."
+                        msg = (
+                            f"Mask {mask} has size {check_image(mask)} "
+                            f"but image {image_path} has {check_image(image_path)}."
+                        )
                         raise DatasetError(msg)
                 elif check_files:
                     check_image(image_path)

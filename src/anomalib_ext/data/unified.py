@@ -37,6 +37,8 @@ from .mvtec_style import DatasetError, MVTecStyle, make_mvtec_style_samples
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from anomalib.data import Batch
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
     from torchvision.transforms.v2 import Transform
 
 MVTEC_CATEGORIES = (
@@ -102,8 +104,8 @@ class PerCategoryMetrics(Callback):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
+        outputs: STEP_OUTPUT,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:

@@ -9,7 +9,7 @@ pixel AUROC from the exported outputs, and the median batch-1 latency.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,10 +17,16 @@ import torch
 from .export import export_openvino
 from .runtime import ExportedModel, cpu_supports
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anomalib.data import AnomalibDataModule, Batch
+    from anomalib.models import AnomalibModule
+
 VARIANTS = (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32"), ("int8-weights", "f32"))
 
 
-def score_exported(exported: ExportedModel, dataloader: Any) -> tuple[float, float | None]:
+def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tuple[float, float | None]:
     """Image AUROC of ``pred_score`` and pixel AUROC of ``anomaly_map`` over a test loader."""
     from torchmetrics.functional.classification import binary_auroc
 
@@ -45,7 +51,12 @@ def batch1_ms(exported: ExportedModel, image_size: int, repeats: int = 30, warmu
     return median_ms(lambda: exported(image), repeats, warmup, sync=lambda: None)
 
 
-def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Path) -> list[dict[str, Any]]:
+def precision_rows(
+    model: AnomalibModule,
+    datamodule: AnomalibDataModule,
+    image_size: int,
+    export_root: Path,
+) -> list[dict[str, Any]]:
     """One row per (IR, inference precision) in :data:`VARIANTS`; bf16 rows say when the CPU lacks bf16."""
     paths = {
         "fp32": export_openvino(model, export_root, image_size),
@@ -104,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     datamodule.setup()
     for row in precision_rows(model.eval(), datamodule, args.image_size, args.work_dir):
-        row = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
-        print(row)
+        labelled = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
+        print(labelled)
         if args.output:
-            append_row(args.output, args.section, row, DEPLOY_COLUMNS)
+            append_row(args.output, args.section, labelled, DEPLOY_COLUMNS)
     return 0
 
 

@@ -37,7 +37,9 @@ from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, disti
 from .torch_model import EfficientADModel, ModelSize
 
 if TYPE_CHECKING:
-    from anomalib.data import Batch
+    from collections.abc import Iterator
+
+    from anomalib.data import AnomalibDataset, Batch
     from anomalib.metrics import Evaluator
     from anomalib.post_processing import PostProcessor
     from anomalib.visualization import Visualizer
@@ -146,7 +148,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
 
     def setup(self, stage: str | None = None) -> None:
         """For fitting: load the teacher and hold out part of the training images for the quantiles."""
-        if stage not in ("fit", None):
+        if stage not in {"fit", None}:
             return
         if not self._teacher_ready:
             self.load_teacher()
@@ -159,7 +161,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             train.subsample(sorted(order[n_held:]), inplace=True)
             logger.info("EfficientADOffline: %d training images held out for the map quantiles.", n_held)
 
-    def _images(self, loader: DataLoader, limit: int | None = None) -> Any:
+    def _images(self, loader: DataLoader, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
         seen = 0
         for batch in loader:
@@ -169,7 +171,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             seen += len(images)
             yield self.pre_processor.transform(images) if self.pre_processor else images
 
-    def _full_loader(self, dataset: Any) -> DataLoader:
+    def _full_loader(self, dataset: AnomalibDataset) -> DataLoader:
         """All of ``dataset`` in order, on every rank (not the trainer's sharded, shuffled loader).
 
         The statistics taken from it are then the same on every DDP rank and equal to a single
@@ -227,7 +229,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """Teacher statistics before the first step."""
         self.compute_teacher_statistics()
 
-    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """``L_hard + L_penalty + L_AE + L_STAE`` on one batch (plus one natural image for the penalty)."""
         del args, kwargs
         natural = self._penalty_batch(batch.image.shape[-1]) if self.use_penalty else None
@@ -251,7 +253,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """Final quantiles (training may end between validations)."""
         self.compute_map_quantiles()
 
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Maps and scores for a validation batch."""
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())

@@ -122,7 +122,7 @@ class EfficientADModel(nn.Module):
         self.model_size = model_size
         self.out_channels = out_channels
         self.pad_maps = pad_maps and not padding
-        self.teacher = make_pdn(model_size, out_channels, padding).eval().requires_grad_(False)
+        self.teacher = make_pdn(model_size, out_channels, padding).eval().requires_grad_(requires_grad=False)
         self.student = make_pdn(model_size, 2 * out_channels, padding)
         self.ae = AutoEncoder(out_channels, padding, image_size)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))

@@ -89,8 +89,9 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         sigma: float = 4.0,
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         loss_form: LossForm | str = LossForm.FLATTENED,
-        lr: float = 0.005,
-        betas: Sequence[float] = (0.5, 0.999),
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 0.005,  # noqa: ARG002
+        betas: Sequence[float] = (0.5, 0.999),  # noqa: ARG002
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -113,6 +113,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(body(x) + shortcut(x))``."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -148,6 +149,7 @@ class DeBottleneck(nn.Module):
         self.relu: nn.Module = nn.ReLU(inplace=True) if out_relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``body(x) + shortcut(x)``, then ReLU unless the block was built with ``out_relu=False``."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -177,6 +179,7 @@ class OneClassBottleneck(nn.Module):
         init_weights(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bring the shallower levels to the deepest level's grid, concatenate (MFF), embed (OCE)."""
         aligned = [align(feature) for align, feature in zip(self.align, features[:-1], strict=True)]
         return self.oce(torch.cat([*aligned, features[-1]], dim=1)).contiguous()
 
@@ -221,6 +224,7 @@ class DeResNetDecoder(nn.Module):
         init_weights(self)
 
     def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        """Decode the embedding deepest stage first; return the stages' outputs shallow to deep."""
         outputs = []
         x = embedding
         for stage in self.stages:
@@ -260,7 +264,7 @@ class RD4ADModel(nn.Module):
             allow_download=allow_download,
         )
         for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
+            parameter.requires_grad_(requires_grad=False)
         shapes = feature_shapes(self.encoder)
         self.student_relu = student_relu_flags(student_activation, self.encoder)
         self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
@@ -280,6 +284,7 @@ class RD4ADModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Training: teacher and student features per level; eval: the anomaly map and its maximum as the score."""
         teacher = list(self.encoder(images).values())
         student = self.decoder(self.bottleneck(teacher))
         if self.training:

@@ -114,12 +114,13 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         anomaly_source: AnomalySource | str = AnomalySource.PERLIN,
         anomaly_probability: float = 0.5,
         blend_factor: float | tuple[float, float] = (0.1, 1.0),
-        lr: float = 0.4,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        lr_student2: float | None = None,
-        lr_discriminator: float = 1e-4,
-        weight_decay_discriminator: float = 1e-4,
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 0.4,  # noqa: ARG002
+        momentum: float = 0.9,  # noqa: ARG002
+        weight_decay: float = 1e-4,  # noqa: ARG002
+        lr_student2: float | None = None,  # noqa: ARG002
+        lr_discriminator: float = 1e-4,  # noqa: ARG002
+        weight_decay_discriminator: float = 1e-4,  # noqa: ARG002
         discriminator_width: int = 64,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,

@@ -26,7 +26,7 @@ def layer_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 class StudentTeacherLoss(nn.Module):
     """Eq. 6: the layer losses summed over every (teacher, student) pair given."""
 
-    def forward(
+    def forward(  # noqa: PLR6301  # nn.Module.forward: an instance method, called through __call__
         self,
         teacher_features: Sequence[torch.Tensor],
         student_features: Sequence[torch.Tensor],

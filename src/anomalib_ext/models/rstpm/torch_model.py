@@ -131,7 +131,7 @@ class RSTPMModel(nn.Module):
         self.student1 = create_backbone(teacher1, student1_layers, pre_trained=False, requires_grad=True)
         self.teacher2 = create_backbone(teacher2, layers2, pre_trained, teacher2_weights, allow_download)
         for teacher in (self.teacher1, self.teacher2):
-            teacher.requires_grad_(False)
+            teacher.requires_grad_(requires_grad=False)
         deep_channels = feature_shapes(self.teacher1)[-1][0]
         target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
         self.student2 = ReconstructionStudent(

@@ -93,10 +93,11 @@ class UniAD(EvaluationDefaults, AnomalibModule):
         jitter_prob: float = 1.0,
         pos_embed: PositionEmbedding | str = PositionEmbedding.LEARNED,
         pool_size: int = 16,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-4,
-        lr_step_epochs: int = 800,
-        lr_gamma: float = 0.1,
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 1e-4,  # noqa: ARG002
+        weight_decay: float = 1e-4,  # noqa: ARG002
+        lr_step_epochs: int = 800,  # noqa: ARG002
+        lr_gamma: float = 0.1,  # noqa: ARG002
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

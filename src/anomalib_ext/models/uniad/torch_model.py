@@ -198,7 +198,10 @@ class UniADModel(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor] | InferenceBatch:
         """Training: ``(features, reconstruction)`` for the loss. Eval: ``InferenceBatch`` with map and score."""
         if tuple(images.shape[-2:]) != self.input_size:
-            msg = f"UniAD was built for {self.input_size} inputs (its grid and queries depend on it), got {tuple(images.shape[-2:])}."
+            msg = (
+                f"UniAD was built for {self.input_size} inputs (its grid and queries depend on it), "
+                f"got {tuple(images.shape[-2:])}."
+            )
             raise ValueError(msg)
         features = self.extract_features(images)
         reconstruction = self.reconstruct(features)
