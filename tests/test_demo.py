@@ -36,6 +36,7 @@ def test_every_model_has_an_offline_demo_recipe(tmp_path: Path, monkeypatch: pyt
 
 
 def test_unknown_model_and_too_small_efficientad_fail_before_any_work(tmp_path: Path) -> None:
+    """An unknown model and EfficientAD below 128 px fail before any teacher is distilled or file written."""
     with pytest.raises(SystemExit, match="RD4AD, RSTPM"):
         demo.model_class("Padim")
     with pytest.raises(ValueError, match=">= 128"):

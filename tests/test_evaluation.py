@@ -60,7 +60,7 @@ def pre_fix_benchmark_evaluator() -> Evaluator:
     return Evaluator(test_metrics=default_test_metrics())
 
 
-def benchmark_model(model_cls: type[AnomalibModule], **overrides: Any) -> AnomalibModule:
+def benchmark_model(model_cls: type[AnomalibModule], **overrides) -> AnomalibModule:
     """The model as ``anomalib-ext benchmark`` builds it (its ``build_model``), tiny."""
     extra = {**TINY[model_cls], "visualizer": False, **overrides}
     return build_model(model_cls, None, None, IMAGE_SIZE.get(model_cls, 64), extra)
@@ -75,6 +75,7 @@ def save_checkpoint(model: AnomalibModule, path: Path) -> Path:
 
 
 def assert_same_weights(restored: AnomalibModule, original: AnomalibModule) -> None:
+    """The restored model has the original's tensors, thresholds included; the evaluator's are not checkpointed."""
     expected = {k: v for k, v in original.state_dict().items() if not k.startswith("evaluator.")}
     actual = {k: v for k, v in restored.state_dict().items() if not k.startswith("evaluator.")}
     assert actual.keys() == expected.keys()

@@ -44,6 +44,7 @@ def test_cached_items_equal_uncached_ones(texture_root: Path) -> None:
 
 
 def test_changed_file_is_read_again(tmp_path: Path) -> None:
+    """A file rewritten in place is decoded again, and its stale entry is dropped."""
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     cache = DecodedImageCache()
@@ -51,10 +52,12 @@ def test_changed_file_is_read_again(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(path)
     os.utime(path, ns=(1, 10**18))  # a new modification time even on coarse-clock file systems
     assert int(cache.image(path, (4, 4)).min()) == 200
-    assert len(cache) == 1 and cache.bytes == 3 * 4 * 4  # the stale entry was dropped
+    assert len(cache) == 1  # the stale entry was dropped
+    assert cache.bytes == 3 * 4 * 4
 
 
 def test_cache_respects_its_budget(tmp_path: Path) -> None:
+    """Entries past ``max_bytes`` are not stored, yet the image is still served from its file."""
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"{i}.png")
@@ -67,6 +70,7 @@ def test_cache_respects_its_budget(tmp_path: Path) -> None:
 
 
 def test_truncated_image_is_named_by_the_cache(tmp_path: Path) -> None:
+    """A truncated image read through the cache fails naming the file."""
     path = tmp_path / "cut.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:40])
@@ -75,12 +79,13 @@ def test_truncated_image_is_named_by_the_cache(tmp_path: Path) -> None:
 
 
 def test_cache_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
-    import pickle
+    """The cache pickles with its entries (for spawned data-loader workers) and works after unpickling."""
+    import pickle  # noqa: S403  # a round trip of our own object, as spawned workers receive it
 
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     cache = DecodedImageCache()
     cache.image(path, None)
-    restored = pickle.loads(pickle.dumps(cache))
+    restored = pickle.loads(pickle.dumps(cache))  # noqa: S301  # data this test just pickled
     assert len(restored) == 1
     assert torch.equal(restored.image(path, None), cache.image(path, None))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -25,6 +26,9 @@ from anomalib_ext.models.uniad import PositionEmbedding
 from anomalib_ext.models.uniad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.uniad.torch_model import DEFAULT_BACKBONE, LearnedPositionEmbedding, SinePositionEmbedding
 from tests.helpers import assert_openvino_parity, fit_and_test
+
+if TYPE_CHECKING:
+    from anomalib_ext.data import MVTecStyle
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "uniad"
 TINY = {
@@ -207,8 +211,9 @@ def test_default_recipe_matches_official() -> None:
 
 
 def test_options_and_hparams() -> None:
-    """pos_embed parses to the StrEnum, is stored as a plain string, bad values name the argument;
-    the optimiser and scheduler read hparams.
+    """``pos_embed`` parses to the StrEnum and is stored as a plain string; bad values name the argument.
+
+    The optimiser and the scheduler read their settings from hparams.
     """
     model = tiny_model(pre_trained=False, pos_embed=PositionEmbedding.SINE)
     assert isinstance(model.model.pos_embed, SinePositionEmbedding)
@@ -249,7 +254,7 @@ def test_configs_match_signature() -> None:
 
 
 @pytest.mark.slow
-def test_fit_test_and_checkpoint(tiny_datamodule, tmp_path: Path) -> None:
+def test_fit_test_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """One epoch trains the transformer only; the checkpoint reloads with weights_only=True and predicts the same.
 
     Even one epoch on the pretrained Lite0 features ranks the brick defects well above chance
@@ -296,7 +301,14 @@ def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
         "--default_root_dir", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
+    result = subprocess.run(  # noqa: S603  # anomalib's console script, an argument list
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     for key in ("image_AUROC/brick", "image_AUROC/grass", "image_AUROC/mean"):
