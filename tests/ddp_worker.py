@@ -98,7 +98,7 @@ def efficientad_statistics(model: EfficientADOffline, data: AnomalibDataModule) 
     expected = {"teacher_mean": mean, "teacher_std": std, "q_st": net.q_st, "q_ae": net.q_ae}
     gaps = {name: float((trained[name] - expected[name].reshape(trained[name].shape)).abs().max()) for name in trained}
     gaps["train_images"] = len(data.train_data)
-    gaps["holdout_images"] = len(model._holdout)  # noqa: SLF001  # the held-out subset has no public accessor
+    gaps["holdout_images"] = len(data.holdout_data)
     return gaps
 
 
@@ -145,14 +145,22 @@ def datamodule(args: argparse.Namespace) -> AnomalibDataModule:
     options: dict[str, Any] = {"image_size": SIZE, "train_batch_size": 4, "eval_batch_size": 2, "num_workers": 0}
     if args.model == "efficientad":
         options["image_size"] = 128
+        options["holdout_fraction"] = 0.1
     if args.unified:
         return UnifiedMultiClass(args.data, **options)
     return MVTecStyle(Path(args.data) / "brick", **options)
 
 
+def category_metrics(args: argparse.Namespace) -> list[Callback]:
+    """Per-category metrics, added explicitly when the data is unified."""
+    from anomalib_ext.callbacks import PerCategoryMetrics
+
+    return [PerCategoryMetrics()] if args.unified else []
+
+
 def per_category(trainer: Trainer) -> dict[str, dict[str, float]]:
     """The trainer's per-category test metrics, when a ``PerCategoryMetrics`` callback collected them."""
-    from anomalib_ext.data import PerCategoryMetrics
+    from anomalib_ext.callbacks import PerCategoryMetrics
 
     for callback in trainer.callbacks:
         if isinstance(callback, PerCategoryMetrics):
@@ -184,7 +192,7 @@ def main() -> None:
         max_epochs=2,
         logger=False,
         enable_progress_bar=False,
-        callbacks=[stages, scores],
+        callbacks=[stages, scores, *category_metrics(args)],
     )
     engine.fit(model=model, datamodule=data)
     metrics = engine.test(model=model, datamodule=data, verbose=False)[0]
@@ -209,7 +217,7 @@ def main() -> None:
                 devices=1,
                 logger=False,
                 enable_progress_bar=False,
-                callbacks=[single_scores],
+                callbacks=[single_scores, *category_metrics(args)],
             )
             reference = single.test(model=model, datamodule=datamodule(args), verbose=False)[0]
             record["single_process_metrics"] = {key: float(value) for key, value in reference.items()}

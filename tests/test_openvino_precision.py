@@ -82,8 +82,8 @@ def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
 @pytest.mark.slow
 def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """The f32 row reproduces torch's AUROC of the same inference graph; bf16 and INT8 rows are there and sane."""
+    from anomalib_ext.benchmark.precision import precision_rows
     from anomalib_ext.callbacks import score_test_set
-    from anomalib_ext.deploy.precision_benchmark import precision_rows
     from tests.helpers import make_engine
 
     seed_everything(0, workers=True)

@@ -11,7 +11,8 @@ from anomalib.models import Padim
 from lightning.pytorch import seed_everything
 from sklearn.metrics import roc_auc_score
 
-from anomalib_ext.data import DatasetError, PerCategoryMetrics, UnifiedMultiClass
+from anomalib_ext.callbacks import PerCategoryMetrics
+from anomalib_ext.data import DatasetError, UnifiedMultiClass
 from tests.helpers import fit_and_test
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def test_per_category_metrics_with_padim(texture_root: Path, tmp_path: Path) -> 
     seed_everything(0, workers=True)
     datamodule = UnifiedMultiClass(root=texture_root, image_size=64, train_batch_size=8, eval_batch_size=8)
     model = Padim(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=32, visualizer=False)
-    metrics = fit_and_test(model, datamodule, tmp_path)
+    metrics = fit_and_test(model, datamodule, tmp_path, callbacks=[PerCategoryMetrics()])
     for metric in ("image_AUROC", "pixel_AUROC"):
         per_category = [metrics[f"{metric}/{name}"] for name in ("brick", "grass")]
         assert metrics[f"{metric}/mean"] == pytest.approx(sum(per_category) / 2, abs=1e-6)

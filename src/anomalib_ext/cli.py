@@ -17,6 +17,7 @@ Extra sub-commands:
 
 - ``demo``: the offline end-to-end demo (train, test, export to OpenVINO, heatmaps);
 - ``benchmark``: train and test one model on one dataset and append a row to a Markdown table;
+- ``profile``: where a training step's time goes (data, frozen and trained networks, backward, optimiser);
 - ``distill-teacher``: pretrain an EfficientAD teacher offline;
 - ``predict-folder``: score a folder of images with an exported OpenVINO model, robustly.
 """
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 TOOLS: dict[str, str] = {
     "demo": "anomalib_ext.demo:main",
     "benchmark": "anomalib_ext.benchmark:main",
+    "profile": "anomalib_ext.benchmark.profile:main",
     "distill-teacher": "anomalib_ext.models.efficientad.teacher:main",
     "predict-folder": "anomalib_ext.deploy:main",
 }

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         num_workers=0,
+        **model_cls.data_arguments,
     )
     datamodule.setup()
     print(f"      {len(datamodule.train_data)} training images, {len(datamodule.test_data)} test images (all checked)")

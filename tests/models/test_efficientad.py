@@ -51,7 +51,7 @@ def make_datamodule(root: Path) -> MVTecStyle:
     """The category at ``root`` at 128 px, training batches of 3 (above one, unlike the paper), no workers."""
     from anomalib_ext.data import MVTecStyle
 
-    return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0)
+    return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0, holdout_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_map_quantiles_come_from_held_out_train_images(trained: Trained) -> None
     model, datamodule, _, _ = trained
     assert any("validat" in stage for stage in model.quantile_calls)  # before the in-fit validation
     assert "train" in model.quantile_calls[-1]  # and once more at on_train_end; never in test
-    holdout = model._holdout  # noqa: SLF001  # the held-out subset has no public accessor
+    holdout = datamodule.holdout_data
     assert set(holdout.samples.split) == {"train"}
     held = set(holdout.samples.image_path)
     assert held

@@ -21,11 +21,11 @@ from anomalib_ext import RSTPM
 from anomalib_ext.components import AttentionGate, ReconstructionStudent, make_pseudo_anomaly_generator
 from anomalib_ext.components.backbone import BackboneWeightsError
 from anomalib_ext.components.pseudo_anomaly import TEXTURE_DIR_ENV, TEXTURE_NAMES, write_texture_source
-from anomalib_ext.components.reconstruction_student import SignedBasicBlock
+from anomalib_ext.components.reconstruction_student import SignedBasicBlock, StudentLayout
 from anomalib_ext.models.rstpm.anomaly_map import AnomalyMapGenerator, ScorePooling, distance_map, image_score
 from anomalib_ext.models.rstpm.loss import DiscriminatorLoss, StudentTeacherLoss
 from anomalib_ext.models.rstpm.stages import resolve_stage1_epochs
-from anomalib_ext.models.rstpm.torch_model import LossMode, ScoreMap, Student2Input
+from anomalib_ext.models.rstpm.torch_model import LossMode, ScoreMap, Student2Input, Student2Variant
 from tests.ddp_worker import StagesSeen
 from tests.helpers import assert_openvino_parity, fit_and_test, make_engine
 
@@ -65,16 +65,16 @@ def test_attention_gate_forms(form: str) -> None:
 
 
 def test_attention_gate_rejects_unknown_form() -> None:
-    """An attention form other than ``*`` and ``+`` is refused, naming the argument."""
-    with pytest.raises(ValueError, match="attention form"):
-        AttentionGate(8, form="-")  # type: ignore[arg-type]
+    """An attention form other than ``*`` and ``+`` is refused, naming the argument and the value."""
+    with pytest.raises(ValueError, match="form='-'"):
+        AttentionGate(8, form="-")
 
 
-@pytest.mark.parametrize("variant", ["rstpm1", "rstpm2"])
+@pytest.mark.parametrize("layout", ["deconv_basic_block", "up_residual"])
 @pytest.mark.parametrize("attention", ["*+", "++", "**", "none"])
-def test_student2_shapes(variant: str, attention: str) -> None:
+def test_student2_shapes(layout: str, attention: str) -> None:
     """ResNet18 layer4 (512 ch, 8x8 at 256 px) decodes to ResNet50 layers 1-3 at 64, 32, 16 px."""
-    student = ReconstructionStudent(512, [256, 512, 1024], variant=variant, attention=attention)  # type: ignore[arg-type]
+    student = ReconstructionStudent(512, [256, 512, 1024], layout=layout, attention=attention)
     assert len(student.gates) == (0 if attention == "none" else 2)
     assert [gate.form for gate in student.gates] == ([] if attention == "none" else list(attention))
     teacher = [torch.randn(1, 256, 64, 64), torch.randn(1, 512, 32, 32), torch.randn(1, 1024, 16, 16)]
@@ -85,11 +85,11 @@ def test_student2_shapes(variant: str, attention: str) -> None:
 def test_student2_rstpm2_has_about_half_the_parameters() -> None:
     """The report's RSTPM-2 student has about half the parameters of the first variant."""
 
-    def count(variant: str) -> int:
-        student = ReconstructionStudent(512, [256, 512, 1024], variant=variant)  # type: ignore[arg-type]
+    def count(layout: str) -> int:
+        student = ReconstructionStudent(512, [256, 512, 1024], layout=layout)
         return sum(p.numel() for p in student.parameters())
 
-    assert 0.4 < count("rstpm2") / count("rstpm1") < 0.65
+    assert 0.4 < count("up_residual") / count("deconv_basic_block") < 0.65
 
 
 def test_student2_resizes_to_uneven_teacher_grids() -> None:
@@ -107,17 +107,17 @@ def test_student2_rejects_bad_attention(attention: str) -> None:
         ReconstructionStudent(16, [4, 8, 12], attention=attention)
 
 
-@pytest.mark.parametrize("variant", ["rstpm1", "rstpm2"])
-def test_student2_outputs_signed_only_where_teacher_is(variant: str) -> None:
+@pytest.mark.parametrize("layout", ["deconv_basic_block", "up_residual"])
+def test_student2_outputs_signed_only_where_teacher_is(layout: str) -> None:
     """A stage ends in ReLU only for a non-negative teacher layer; signed layers get signed outputs."""
-    student = ReconstructionStudent(16, [4, 8, 12], variant=variant, nonnegative=[True, False, False])
+    student = ReconstructionStudent(16, [4, 8, 12], layout=layout, nonnegative=[True, False, False])
     teacher = [torch.randn(2, 4, 16, 16), torch.randn(2, 8, 8, 8), torch.randn(2, 12, 4, 4)]
     with torch.no_grad():
         shallow, middle, deep = student(torch.randn(2, 16, 2, 2), teacher)
     assert float(shallow.min()) >= 0.0
     assert float(middle.min()) < 0.0
     assert float(deep.min()) < 0.0
-    if variant == "rstpm1":  # same parameters as BasicBlock, so state dicts keep their keys
+    if layout == "deconv_basic_block":  # same parameters as BasicBlock, so state dicts keep their keys
         assert isinstance(student.stages[0][-1], SignedBasicBlock)
     with pytest.raises(ValueError, match="one flag per target layer"):
         ReconstructionStudent(16, [4, 8, 12], nonnegative=[True])
@@ -519,3 +519,11 @@ def test_cli_fit_runs_both_stages(texture_root: Path, tmp_path: Path) -> None:
     assert sgd, "stage 1 never stepped the students' SGD"
     # 8 training images in batches of 4: 2 batches per epoch, so 3 stage-2 epochs = 6 Adam steps
     assert {float(state["step"]) for state in adam.values()} == {6.0}
+
+
+def test_student2_variants_are_the_reports_two_layouts() -> None:
+    """RSTPM keeps the report's names; the component only knows its layouts."""
+    assert Student2Variant("rstpm1").layout == StudentLayout.DECONV_BASIC_BLOCK
+    assert Student2Variant("rstpm2").layout == StudentLayout.UP_RESIDUAL
+    with pytest.raises(ValueError, match="student2_variant='rstpm3'"):
+        RSTPM(student2_variant="rstpm3")

@@ -298,6 +298,7 @@ def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
         "--data.train_batch_size", "4", "--data.eval_batch_size", "4",
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=anomalib_ext.callbacks.PerCategoryMetrics",
         "--default_root_dir", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread

@@ -4,6 +4,8 @@
 - :mod:`.runner`: one row (fit, test, latency, after-training variants, deployment precisions);
 - :mod:`.timing`: hardware description and latency;
 - :mod:`.report`: Markdown rows, training curves, figures;
+- :mod:`.spec`: a whole table as data (YAML: datasets x models x recipes), ``--spec FILE``;
+- :mod:`.precision`: one trained model's OpenVINO export at f32, bf16 and INT8;
 - :mod:`.cli`: ``anomalib-ext benchmark``;
 - :mod:`.teacher_speed`: EfficientAD's network speed beside anomalib's.
 """

@@ -13,6 +13,10 @@ ours (:mod:`anomalib_ext.components.backbone`), so the comparison needs no netwo
 The row records what ran: dataset, backbone, image size, epochs, image AUROC, pixel AUROC, AUPRO,
 training wall time, batch-1 latency in eager torch (on the training device) and in OpenVINO on
 CPU, and the hardware. A JSON file with the same numbers is written next to the run.
+
+A whole table is a YAML spec (datasets x models x recipes, :mod:`.spec`)::
+
+    anomalib-ext benchmark --spec configs/benchmarks/lite0_mtd.yaml [--dry-run] [--only RD4AD]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from .report import append_row, write_plots
 from .runner import run_benchmark
+from .spec import describe, select, spec_commands
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument(
+        "--no-image-cache",
+        action="store_true",
+        help="decode and resize every image on every access (default: once, kept in memory as uint8)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default=None, help="model name shown in the row")
     parser.add_argument("--work-dir", default=None, help="where checkpoints, exports and benchmark.json go")
@@ -82,7 +92,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Benchmark each model in turn; append the rows and write the plots when asked. Returns the exit code."""
+    """Run a ``--spec`` table row by row, or benchmark each model in turn and append the rows. Returns the exit code."""
+    spec = argparse.ArgumentParser(add_help=False)
+    spec.add_argument("--spec", type=Path, default=None)
+    spec.add_argument("--dry-run", action="store_true")
+    spec.add_argument("--only", default=None)
+    known, rest = spec.parse_known_args(argv)
+    if known.spec is not None:
+        return run_spec(known.spec, known.only, known.dry_run, rest)
     args = parse_args(argv)
     rows = []
     for name in args.models:  # one after the other, same data, backbone, size, epochs and seed
@@ -101,4 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         title = f"{Path(args.data).name}, {backbone}, {args.image_size} px, {args.epochs} epochs"
         for path in write_plots(rows, args.plots, title):
             print(f"Wrote {path}")
+    return 0
+
+
+def run_spec(path: Path, only: str | None, dry_run: bool, extra: list[str]) -> int:
+    """Every row of a YAML spec (:mod:`.spec`), one after the other; ``extra`` options apply to each."""
+    commands = select(spec_commands(path), only)
+    if not commands:
+        print(f"No row of {path} matches --only {only!r}.")
+        return 1
+    for number, command in enumerate(commands, 1):
+        print(f"[{number}/{len(commands)}] {describe([*command, *extra])}", flush=True)
+        if not dry_run:
+            main([*command, *extra])
     return 0

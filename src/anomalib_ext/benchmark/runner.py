@@ -23,25 +23,34 @@ if TYPE_CHECKING:
     from anomalib.models import AnomalibModule
 
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Fit, test and time one model; return the row as a dict."""
-    from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
-
-    from anomalib_ext.callbacks import EpochProgress, TestCurve
+def make_datamodule(args: argparse.Namespace, model_cls: Any) -> Any:
+    """The row's data: ``args.data`` as an MVTec-style module at the row's size, with the model's data arguments."""
     from anomalib_ext.data import MVTecStyle
 
-    seed_everything(args.seed, workers=True)
-    model_cls = resolve_model_class(args.model)
-    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = MVTecStyle(
         args.data,
         image_size=args.image_size,
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         num_workers=args.num_workers,
+        cache_images=not getattr(args, "no_image_cache", False),
+        **getattr(model_cls, "data_arguments", {}),
     )
     datamodule.setup()
+    return datamodule
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit, test and time one model; return the row as a dict."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_ext.callbacks import EpochProgress, TestCurve
+
+    seed_everything(args.seed, workers=True)
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
+    datamodule = make_datamodule(args, model_cls)
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -95,7 +104,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for variant in args.variants
     ]
     if args.deploy_precisions:
-        from anomalib_ext.deploy.precision_benchmark import precision_rows
+        from .precision import precision_rows
 
         row["deploy"] = precision_rows(model, datamodule, args.image_size, work / "precisions")
         for deploy_row in row["deploy"]:

@@ -14,14 +14,20 @@ Forms:
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-GateForm = Literal["*", "+"]
-GATE_FORMS: tuple[str, ...] = ("*", "+")
+from .options import parse_option
+
+
+class GateForm(StrEnum):
+    """How the attention map ``M`` gates the student feature ``x``."""
+
+    PRODUCT = "*"  # M * x (eq. 7)
+    RESIDUAL = "+"  # (1 + M) * x (eq. 8)
 
 
 class AttentionGate(nn.Module):
@@ -34,12 +40,11 @@ class AttentionGate(nn.Module):
             ``max(16, teacher_channels // 4)`` keeps the gate small next to the student.
     """
 
-    def __init__(self, teacher_channels: int, form: GateForm = "*", hidden_channels: int | None = None) -> None:
+    def __init__(
+        self, teacher_channels: int, form: GateForm | str = GateForm.PRODUCT, hidden_channels: int | None = None
+    ) -> None:
         super().__init__()
-        if form not in GATE_FORMS:
-            msg = f"Unknown attention form {form!r}; expected one of {GATE_FORMS}."
-            raise ValueError(msg)
-        self.form = form
+        self.form = parse_option(GateForm, form, "form")
         hidden = hidden_channels or max(16, teacher_channels // 4)
         self.attention = nn.Sequential(
             nn.Conv2d(teacher_channels, hidden, kernel_size=3, padding=1, bias=False),

@@ -25,6 +25,10 @@ input the TF models were trained on, ``(x - 127) / 128`` on 0-255 pixels.
 Input contract: every extractor built here takes images normalised with ImageNet mean/std
 (anomalib's default pre-processing) and converts them to the normalisation its backbone was
 trained with (an exact per-channel affine map; the identity for ImageNet-normalised backbones).
+
+Length: the name mapping, the offline weight sources (three file layouts), the input-normalisation
+contract and the extractor are one contract (which network, which weights, which input); each
+part is small, and separated they could disagree.
 """
 
 from __future__ import annotations

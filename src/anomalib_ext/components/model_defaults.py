@@ -1,4 +1,4 @@
-"""What every anomalib-ext model configures the same way: its evaluator and its post-processor.
+"""What every anomalib-ext model configures the same way: evaluator, post-processor, recipe data arguments.
 
 Mixed in before ``AnomalibModule`` (``class RD4AD(EvaluationDefaults, AnomalibModule)``), so one
 place decides, and a model (or a user, through the constructor) can still override either:
@@ -14,7 +14,7 @@ place decides, and a model (or a user, through the constructor) can still overri
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .evaluation import default_evaluator
 from .thresholding import MidpointPostProcessor
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 class EvaluationDefaults:
     """Mixin: the package's default evaluator and post-processor for an ``AnomalibModule``."""
+
+    data_arguments: ClassVar[dict[str, Any]] = {}
+    """Data-module keyword arguments the model's recipe needs (e.g. a hold-out); the demo and the
+    benchmark pass them to :class:`~anomalib_ext.data.MVTecStyle`, a config names them under ``data``."""
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

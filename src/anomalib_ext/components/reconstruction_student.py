@@ -6,15 +6,15 @@ the deepest feature of one network (teacher1's ``layer4``: 512 ch at 1/32) and r
 doubling the resolution at each stage. Between stages an :class:`AttentionGate` computed from
 teacher2's feature at that scale re-weights the student's pixels.
 
-Two variants, both built from channel numbers only (so any timm teacher pair works):
+Two layouts, both built from channel numbers only (so any timm teacher pair works):
 
-- ``"rstpm1"`` (report fig. 3): a 3x3 conv + BN + ReLU and a ResNet-18 ``BasicBlock`` at the input
+- ``"deconv_basic_block"`` (the report's RSTPM-1, fig. 3): a 3x3 conv + BN + ReLU and a ResNet-18 ``BasicBlock`` at the input
   resolution, then per stage a stride-2 3x3 transposed conv (doubles resolution, changes
   channels) + BN + ReLU and one ``BasicBlock``.
-- ``"rstpm2"`` (report figs. 15-16, after RD4AD's decoder): no stem; each of the stages is a
+- ``"up_residual"`` (the report's RSTPM-2, figs. 15-16, after RD4AD's decoder): no stem; each of the stages is a
   residual block whose main path is a 2x2 stride-2 transposed conv + BN + ReLU + 3x3 conv + BN
   and whose skip is a 2x2 stride-2 transposed conv + BN. About half the parameters of
-  ``"rstpm1"`` for ResNet18 -> ResNet50.
+  ``"deconv_basic_block"`` for ResNet18 -> ResNet50.
 
 Each stage ends in ReLU only where the teacher layer it reconstructs is non-negative (ResNet
 stages end in ReLU; EfficientNet stages end in a linear bottleneck with signed outputs, which a
@@ -31,17 +31,18 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision.models.resnet import BasicBlock
 
-from .attention_gate import GATE_FORMS, AttentionGate
+from .attention_gate import AttentionGate, GateForm
+from .options import parse_option
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-class StudentVariant(StrEnum):
-    """Layout of the reconstruction student (see the module docstring)."""
+class StudentLayout(StrEnum):
+    """Layout of the reconstruction student's stages (see the module docstring)."""
 
-    RSTPM1 = "rstpm1"
-    RSTPM2 = "rstpm2"
+    DECONV_BASIC_BLOCK = "deconv_basic_block"
+    UP_RESIDUAL = "up_residual"
 
 
 class Attention(StrEnum):
@@ -57,17 +58,14 @@ class Attention(StrEnum):
     NONE = "none"
 
 
-STUDENT_VARIANTS: tuple[str, ...] = tuple(StudentVariant)
-
-
 def parse_attention(attention: str, n_gates: int) -> list[str]:
     """``"*+"`` -> ``["*", "+"]``; ``"none"`` -> ``[]``. One form per gate, in decoding order."""
     attention = str(attention)
     if attention == Attention.NONE:
         return []
-    if len(attention) != n_gates or any(form not in GATE_FORMS for form in attention):
+    if len(attention) != n_gates or any(form not in list(GateForm) for form in attention):
         msg = (
-            f"attention={attention!r}: expected 'none' or {n_gates} characters from {GATE_FORMS} "
+            f"attention={attention!r}: expected 'none' or {n_gates} characters from {[form.value for form in GateForm]} "
             f"(one per scale change of the reconstruction student, e.g. '*+')."
         )
         raise ValueError(msg)
@@ -112,7 +110,7 @@ class UpResidualBlock(nn.Module):
         return F.relu(out) if self.relu_out else out
 
 
-def _rstpm1_stage(in_channels: int, out_channels: int, relu_out: bool = True) -> nn.Sequential:
+def _deconv_basic_block_stage(in_channels: int, out_channels: int, relu_out: bool = True) -> nn.Sequential:
     block = BasicBlock if relu_out else SignedBasicBlock
     return nn.Sequential(
         nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
@@ -128,7 +126,7 @@ class ReconstructionStudent(nn.Module):
         in_channels: channels of the input feature (teacher1's or student1's deepest layer).
         target_channels: channels of the teacher2 layers to reconstruct, shallow to deep
             (``[256, 512, 1024]`` for ResNet50 ``layer1..3``).
-        variant: ``"rstpm1"`` or ``"rstpm2"`` (see module docstring).
+        layout: ``"deconv_basic_block"`` or ``"up_residual"`` (see the module docstring).
         attention: ``"none"`` or one form per scale change in decoding order, deep to shallow
             (``"*+"``: multiplicative after the deepest stage, residual after the next).
         nonnegative: per target layer (shallow to deep), whether the teacher's output there is
@@ -140,14 +138,12 @@ class ReconstructionStudent(nn.Module):
         self,
         in_channels: int,
         target_channels: Sequence[int],
-        variant: StudentVariant | str = StudentVariant.RSTPM1,
+        layout: StudentLayout | str = StudentLayout.DECONV_BASIC_BLOCK,
         attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
         nonnegative: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
-        if variant not in STUDENT_VARIANTS:
-            msg = f"Unknown student2 variant {variant!r}; expected one of {STUDENT_VARIANTS}."
-            raise ValueError(msg)
+        layout = parse_option(StudentLayout, layout, "layout")
         nonnegative = [True] * len(target_channels) if nonnegative is None else list(nonnegative)
         if len(nonnegative) != len(target_channels):
             msg = f"nonnegative needs one flag per target layer; got {nonnegative} for {list(target_channels)}."
@@ -155,7 +151,7 @@ class ReconstructionStudent(nn.Module):
         decode_channels = list(reversed(target_channels))  # deep -> shallow
         relu_out = list(reversed(nonnegative))
         forms = parse_attention(attention, len(decode_channels) - 1)
-        if variant == StudentVariant.RSTPM1:
+        if layout == StudentLayout.DECONV_BASIC_BLOCK:
             self.stem: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1, bias=False),
                 *_bn_relu(in_channels),
@@ -163,7 +159,7 @@ class ReconstructionStudent(nn.Module):
             )
         else:
             self.stem = nn.Identity()
-        make_stage = _rstpm1_stage if variant == StudentVariant.RSTPM1 else UpResidualBlock
+        make_stage = _deconv_basic_block_stage if layout == StudentLayout.DECONV_BASIC_BLOCK else UpResidualBlock
         inputs = [in_channels, *decode_channels[:-1]]
         self.stages = nn.ModuleList(
             make_stage(c_in, c_out, relu) for c_in, c_out, relu in zip(inputs, decode_channels, relu_out, strict=True)

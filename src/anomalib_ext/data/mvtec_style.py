@@ -11,7 +11,8 @@ Tile Defects: grayscale JPEGs of varying size) needs neither restriction::
       ground_truth/<defect>/<stem>_mask.png   (or <stem>.png)
 
 Masks are matched to images by stem, every file is opened once up front, and each problem is
-reported with the file that caused it, instead of failing later inside a DataLoader worker.
+reported with the file that caused it, instead of failing later inside a DataLoader worker
+(:mod:`.mvtec_samples` builds and checks the index).
 A folder with no ``ground_truth/`` at all is image-level data (classification): its anomalous
 images need no masks and only image metrics are computed.
 """
@@ -25,102 +26,27 @@ import pandas as pd
 import torch
 from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.base import AnomalibDataset
-from anomalib.data.utils import LabelName, Split
-from PIL import Image, UnidentifiedImageError
+from anomalib.data.utils import Split
 from torchvision.transforms.v2.functional import to_dtype
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
 from .image_cache import DEFAULT_MAX_BYTES, DatasetError, DecodedImageCache
+from .mvtec_samples import IMAGE_SUFFIXES, check_image, make_mvtec_style_samples
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from torchvision.transforms.v2 import Transform
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-__all__ = ["DatasetError", "MVTecStyle", "MVTecStyleDataset", "make_mvtec_style_samples"]
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
-    folder = root / "ground_truth" / defect
-    for name in (f"{stem}_mask", stem):
-        for suffix in IMAGE_SUFFIXES:
-            candidate = folder / f"{name}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def check_image(path: Path) -> tuple[int, int]:
-    """Decode ``path`` fully (catches truncated files) and return its ``(width, height)``."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        msg = f"Cannot read image {path}: {error}. Remove or replace the file."
-        raise DatasetError(msg) from error
-
-
-def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.DataFrame:
-    """Index an MVTec-style folder: one row per image with split, label and mask path."""
-    root = Path(root).expanduser()
-    if not (root / "train" / "good").is_dir():
-        msg = f"{root} is not an MVTec-style dataset: {root / 'train' / 'good'} does not exist."
-        raise DatasetError(msg)
-    rows: list[dict[str, object]] = []
-    has_masks = (root / "ground_truth").is_dir()
-    for split in ("train", "test"):
-        split_dir = root / split
-        if not split_dir.is_dir():
-            continue
-        for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            normal = label_dir.name == "good"
-            if split == "train" and not normal:
-                continue  # anomalous training images are not used by one-class models
-            for image_path in _images_in(label_dir):
-                mask_path = ""
-                if not normal and not has_masks:
-                    if check_files:
-                        check_image(image_path)
-                elif not normal:
-                    mask = _find_mask(root, label_dir.name, image_path.stem)
-                    if mask is None:
-                        msg = (
-                            f"No mask for anomalous image {image_path}: expected "
-                            f"{root / 'ground_truth' / label_dir.name / (image_path.stem + '_mask.png')}."
-                        )
-                        raise DatasetError(msg)
-                    mask_path = str(mask)
-                    if check_files and check_image(mask) != check_image(image_path):
-                        msg = (
-                            f"Mask {mask} has size {check_image(mask)} "
-                            f"but image {image_path} has {check_image(image_path)}."
-                        )
-                        raise DatasetError(msg)
-                elif check_files:
-                    check_image(image_path)
-                rows.append(
-                    {
-                        "path": str(root),
-                        "split": split,
-                        "label": label_dir.name,
-                        "image_path": str(image_path),
-                        "mask_path": mask_path,
-                        "label_index": int(LabelName.NORMAL if normal else LabelName.ABNORMAL),
-                    },
-                )
-    samples = pd.DataFrame(rows, columns=["path", "split", "label", "image_path", "mask_path", "label_index"])
-    if not (samples.split == "train").any():
-        msg = f"No training images in {root / 'train' / 'good'} (suffixes {IMAGE_SUFFIXES})."
-        raise DatasetError(msg)
-    samples.attrs["task"] = "segmentation" if (samples.mask_path != "").any() else "classification"
-    return samples
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DatasetError",
+    "MVTecStyle",
+    "MVTecStyleDataset",
+    "check_image",
+    "make_mvtec_style_samples",
+]
 
 
 class MVTecStyleDataset(AnomalibDataset):
@@ -199,6 +125,10 @@ class MVTecStyle(AnomalibDataModule):
         cache_images: keep each image decoded and resized in memory (``uint8``), so later epochs
             skip decoding; augmentations still run per access. ``False`` decodes every access.
         cache_max_bytes: memory budget of that cache (images past it are decoded every time).
+        holdout_fraction: share of the training images set aside as ``holdout_data`` before any
+            validation split: never trained on, for statistics a model must take on unseen normal
+            images (EfficientAD's map quantiles, as in its reproduction). ``0`` holds out nothing.
+        holdout_seed: seed of that draw (the same images for every run with the same data).
         Other arguments are anomalib's ``AnomalibDataModule`` arguments. Validation defaults to the
         test split, as for anomalib's ``MVTecAD``.
     """
@@ -220,7 +150,12 @@ class MVTecStyle(AnomalibDataModule):
         seed: int | None = None,
         cache_images: bool = True,
         cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 42,
     ) -> None:
+        if not 0.0 <= holdout_fraction < 1.0:
+            msg = f"holdout_fraction must be in [0, 1), got {holdout_fraction}."
+            raise ValueError(msg)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -245,6 +180,9 @@ class MVTecStyle(AnomalibDataModule):
             else tuple(image_size)
         )
         self.image_cache = DecodedImageCache(cache_max_bytes if cache_images else 0)
+        self.holdout_fraction = holdout_fraction
+        self.holdout_seed = holdout_seed
+        self.holdout_data: MVTecStyleDataset | None = None
 
     def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
         """One split at this module's image size, sharing its decoded-image cache."""
@@ -258,6 +196,22 @@ class MVTecStyle(AnomalibDataModule):
         if self.image_cache.max_bytes > 0:
             dataset.fill_cache()
         return dataset
+
+    def _create_val_split(self) -> None:
+        """Set ``holdout_data`` aside from the training images first, then anomalib's validation split."""
+        self.holdout_data = self._hold_out_training_images()
+        super()._create_val_split()
+
+    def _hold_out_training_images(self) -> MVTecStyleDataset | None:
+        """Move a seeded ``holdout_fraction`` of ``train_data`` (at least one image) into its own dataset."""
+        train = self.train_data
+        if self.holdout_fraction <= 0 or len(train) < 2:
+            return None
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.holdout_seed)).tolist()
+        n_held = min(len(train) - 1, max(1, round(self.holdout_fraction * len(train))))
+        held = train.subsample(sorted(order[:n_held]), inplace=False)
+        train.subsample(sorted(order[n_held:]), inplace=True)
+        return held
 
     def _setup(self, _stage: str | None = None) -> None:
         samples = make_mvtec_style_samples(self.root, check_files=self.check_files)

@@ -5,21 +5,27 @@ Differences from anomalib's ``EfficientAd`` (see ``docs/models/efficientad.md``)
 * the teacher comes from a local file (``teacher_weights``; make one offline with
   ``anomalib-ext distill-teacher``); nothing is downloaded, a missing file is a clear error;
 * the penalty images come from ``penalty_images`` (a folder) or scikit-image's bundled photos;
-* the map-normalisation quantiles are measured on a held-out 10 % of the *training* images
-  (as the reproduction does), not on the validation split, which for MVTec is the test set;
+* the map-normalisation quantiles are measured on training images the data module holds out
+  (``MVTecStyle(holdout_fraction=0.1)``, as the reproduction does), not on the validation split,
+  which for MVTec is the test set;
 * any training batch size works (the paper's is 1);
 * exact quantiles of any size (no ``torch.quantile`` 16M-element limit).
 
 Name: ``EfficientADOffline``; anomalib's ``get_model`` matches class names case-insensitively,
 so it must not be ``EfficientAd``.
+
+Length: one Lightning lifecycle (teacher loading, two statistics passes that must run at fixed
+hooks, training, the offline demo recipe); split across modules, the order of those hooks could
+no longer be read in one place. Distillation and teacher files live in ``teacher.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from anomalib import LearningType
@@ -31,6 +37,7 @@ from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.natural_images import NaturalImages, endless
+from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.quantile import quantiles
 
 from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, distill_teacher, load_teacher_file
@@ -47,6 +54,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 TEACHER_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"
+
+
+class TeacherStatistics(StrEnum):
+    """Where the teacher's channel mean/std come from."""
+
+    TRAIN = "train"  # the reproduction: over the training images
+    FILE = "file"  # the ``mean``/``std`` stored in the teacher file
 
 
 def find_teacher(model_size: str) -> Path | None:
@@ -68,24 +82,21 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         random_teacher: explicit opt-in to train with an untrained teacher (tests, smoke runs only).
         teacher_stats: ``train`` (reproduction: teacher channel mean/std over the training images)
             or ``file`` (the ``mean``/``std`` stored in the teacher file).
-        holdout_fraction: share of the training images held out for the map quantiles (reproduction: 0.1).
         max_stat_images: cap on the training images used for the teacher channel statistics
             (``None``: all, as the reproduction; a cap saves time on CPU).
         lr, weight_decay, lr_decay_at: Adam 1e-4 / 1e-5, x0.1 at 95 % of the training steps.
         penalty_batch_size: natural images per step (paper: 1).
-        seed: seed of the held-out split.
         image_size: side the default pre-processor resizes to (paper: 256; at least 128).
     """
 
     def __init__(
         self,
         teacher_weights: str | None = None,
-        model_size: ModelSize = "small",
+        model_size: ModelSize | str = ModelSize.SMALL,
         penalty_images: str | None = None,
         use_penalty: bool = True,
         random_teacher: bool = False,
-        teacher_stats: Literal["train", "file"] = "train",
-        holdout_fraction: float = 0.1,
+        teacher_stats: TeacherStatistics | str = TeacherStatistics.TRAIN,
         max_stat_images: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
@@ -94,13 +105,16 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         out_channels: int = 384,
         padding: bool = False,
         pad_maps: bool = True,
-        seed: int = 42,
         image_size: int = 256,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # Plain strings *before* anomalib's save_hyperparameters reads these locals: no enums or paths in checkpoints.
+        teacher_weights = None if teacher_weights is None else str(teacher_weights)
+        model_size = parse_option(ModelSize, model_size, "model_size").value
+        teacher_stats = parse_option(TeacherStatistics, teacher_stats, "teacher_stats").value
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(
@@ -109,57 +123,35 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.teacher_weights = None if teacher_weights is None else str(teacher_weights)
-        self.model_size = model_size
-        self.penalty_images = penalty_images
-        self.use_penalty = use_penalty
-        self.random_teacher = random_teacher
-        self.teacher_stats = teacher_stats
-        self.holdout_fraction = holdout_fraction
-        self.max_stat_images = max_stat_images
-        self.lr, self.weight_decay, self.lr_decay_at = lr, weight_decay, lr_decay_at
-        self.penalty_batch_size = penalty_batch_size
-        self.seed = seed
         self.model = EfficientADModel(model_size, out_channels, padding, pad_maps, image_size)
         self._teacher_ready = False
         self._file_stats: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._holdout: Any = None
         self._penalty: Any = None
 
     # ---------------------------------------------------------------- teacher and data
     def load_teacher(self) -> None:
         """Load the teacher from ``teacher_weights`` (or the default location); never downloads."""
-        path = self.teacher_weights or find_teacher(self.model_size)
+        path = self.hparams.teacher_weights or find_teacher(self.hparams.model_size)
         if path is None:
-            if self.random_teacher:
+            if self.hparams.random_teacher:
                 logger.warning("EfficientADOffline: training with a RANDOM teacher (random_teacher=True).")
                 self._teacher_ready = True
                 return
             msg = f"EfficientADOffline needs a teacher (teacher_weights=None and no default file found). {HOW_TO_MAKE}"
             raise TeacherWeightsError(msg)
-        weights, mean, std = load_teacher_file(path, self.model_size)
+        weights, mean, std = load_teacher_file(path, self.hparams.model_size)
         try:
             self.model.teacher.load_state_dict(weights)
         except RuntimeError as error:
-            msg = f"Teacher file {path!r} does not fit a {self.model_size} PDN: {error}"
+            msg = f"Teacher file {path!r} does not fit a {self.hparams.model_size} PDN: {error}"
             raise TeacherWeightsError(msg) from error
         self._file_stats = None if mean is None or std is None else (mean, std)
         self._teacher_ready = True
 
     def setup(self, stage: str | None = None) -> None:
-        """For fitting: load the teacher and hold out part of the training images for the quantiles."""
-        if stage not in {"fit", None}:
-            return
-        if not self._teacher_ready:
+        """For fitting: load the teacher."""
+        if stage in ("fit", None) and not self._teacher_ready:
             self.load_teacher()
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        train = getattr(datamodule, "train_data", None)
-        if self._holdout is None and train is not None and hasattr(train, "subsample") and len(train) > 1:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_held = max(1, round(self.holdout_fraction * len(train)))
-            self._holdout = train.subsample(sorted(order[:n_held]), inplace=False)
-            train.subsample(sorted(order[n_held:]), inplace=True)
-            logger.info("EfficientADOffline: %d training images held out for the map quantiles.", n_held)
 
     def _images(self, loader: DataLoader, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
@@ -180,18 +172,27 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
 
-    def _holdout_loader(self) -> DataLoader:
-        if self._holdout is not None:
-            return self._full_loader(self._holdout)
-        # trained from bare dataloaders: nothing could be held out
-        logger.warning("EfficientADOffline: no held-out training images; map quantiles use the training images.")
-        return self._full_loader(self.trainer.train_dataloader.dataset)
+    def quantile_images(self) -> Any:
+        """The data module's held-out training images (``holdout_data``), else the training images.
+
+        The hold-out belongs to the data (``MVTecStyle(holdout_fraction=0.1)``, the reproduction's
+        10 %); a data module without one (anomalib's own, bare dataloaders) leaves only the
+        training images, which the student has fitted, so the quantiles come out lower.
+        """
+        holdout = getattr(getattr(self.trainer, "datamodule", None), "holdout_data", None)
+        if holdout is not None and len(holdout):
+            return holdout
+        logger.warning(
+            "EfficientADOffline: the data module holds out no training images "
+            "(anomalib_ext.data.MVTecStyle(holdout_fraction=0.1) does); map quantiles use the training images."
+        )
+        return self.trainer.train_dataloader.dataset
 
     def _penalty_batch(self, image_size: int) -> torch.Tensor:
         if self._penalty is None:
-            dataset = NaturalImages(self.penalty_images, image_size=image_size)
+            dataset = NaturalImages(self.hparams.penalty_images, image_size=image_size)
             logger.info("EfficientADOffline: penalty images from %s", dataset.describe())
-            self._penalty = endless(DataLoader(dataset, batch_size=self.penalty_batch_size, shuffle=True))
+            self._penalty = endless(DataLoader(dataset, batch_size=self.hparams.penalty_batch_size, shuffle=True))
         return next(self._penalty).to(self.device)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -204,11 +205,13 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     @torch.no_grad()
     def compute_teacher_statistics(self) -> None:
         """Teacher channel mean/std over all training images (reproduction's ``teacher_normalization``)."""
-        if self.teacher_stats == "file" and self._file_stats is not None:
+        if self.hparams.teacher_stats == TeacherStatistics.FILE and self._file_stats is not None:
             mean, std = self._file_stats
         else:
             model = self.model
-            images = self._images(self._full_loader(self.trainer.train_dataloader.dataset), self.max_stat_images)
+            images = self._images(
+                self._full_loader(self.trainer.train_dataloader.dataset), self.hparams.max_stat_images
+            )
             outputs = (model.teacher(model.normalize_input(x)) for x in images)
             mean, std = channel_statistics(outputs)
         self.model.set_teacher_statistics(mean.to(self.device), std.to(self.device))
@@ -218,7 +221,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """``(q_0.9, q_0.995)`` of M_ST and M_AE over the held-out training images (exact, any size)."""
         was_training = self.model.training
         self.model.eval()
-        maps = [self.model.raw_maps(x) for x in self._images(self._holdout_loader())]
+        maps = [self.model.raw_maps(x) for x in self._images(self._full_loader(self.quantile_images()))]
         q_st = torch.stack(quantiles(torch.cat([m[0] for m in maps]), (0.9, 0.995)))
         q_ae = torch.stack(quantiles(torch.cat([m[1] for m in maps]), (0.9, 0.995)))
         self.model.set_map_quantiles(q_st, q_ae)
@@ -232,7 +235,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """``L_hard + L_penalty + L_AE + L_STAE`` on one batch (plus one natural image for the penalty)."""
         del args, kwargs
-        natural = self._penalty_batch(batch.image.shape[-1]) if self.use_penalty else None
+        natural = self._penalty_batch(batch.image.shape[-1]) if self.hparams.use_penalty else None
         terms = self.model.losses(batch.image, natural)
         loss = torch.stack(list(terms.values())).sum()
         for name, value in terms.items():
@@ -261,12 +264,12 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam (student + autoencoder), StepLR x0.1 at ``lr_decay_at`` of the total steps."""
         parameters = [*self.model.student.parameters(), *self.model.ae.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = self.trainer.estimated_stepping_batches
         if not total or total == float("inf"):
             msg = "EfficientADOffline needs a finite max_steps or max_epochs."
             raise ValueError(msg)
-        step_size = max(1, int(self.lr_decay_at * total))
+        step_size = max(1, int(self.hparams.lr_decay_at * total))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -286,6 +289,9 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         return LearningType.ONE_CLASS
 
     # ---------------------------------------------------------------- offline demo
+    data_arguments: ClassVar[dict[str, Any]] = {"holdout_fraction": 0.1}
+    """The reproduction's data: 10 % of the training images held out for the map quantiles."""
+
     DEMO_TEACHER_STEPS: ClassVar[int] = 100
     """Steps of the stand-in teacher the demo distils when no teacher file is found (the paper's: 60,000)."""
 

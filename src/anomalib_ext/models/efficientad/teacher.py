@@ -17,6 +17,9 @@ machine that has never been online. Command line::
 
 The saved file is a ``weights_only`` state dict: the PDN weights (anomalib key names), ``mean``
 and ``std`` (teacher channel statistics on the distillation images) and ``meta`` (strings/ints).
+
+Length: distillation and the three teacher file formats it must read back (this package's,
+anomalib's, nelson1425's) belong together: a file written here is read here.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def distill_teacher(
     backbone: str = "efficientnet_lite0",
     layers: Sequence[str] | None = None,
     backbone_weights: str | Path | None = None,
-    model_size: ModelSize = "small",
+    model_size: ModelSize | str = ModelSize.SMALL,
     image_size: int = 256,
     steps: int = 60_000,
     batch_size: int = 16,
@@ -218,7 +221,7 @@ def distill_teacher(
         mean, std = channel_statistics(teacher((views()[1] - pixel_mean) / pixel_std) for _ in range(n_norm))
     meta = {
         "format": "anomalib_ext.efficientad.teacher/1",
-        "model_size": model_size,
+        "model_size": str(model_size),
         "backbone": backbone,
         "layers": ",".join(target_net.layers),
         "images": dataset.describe(),
@@ -234,17 +237,13 @@ def distill_teacher(
     return output
 
 
-def _conv_names(model_size: ModelSize) -> list[str]:
-    return [
-        name
-        for name, module in make_pdn(model_size, 8, padding=False).named_children()
-        if isinstance(module, nn.Conv2d)
-    ]
+def _conv_names(model_size: ModelSize | str) -> list[str]:
+    return [name for name, module in make_pdn(model_size, 8, padding=False).named_children() if isinstance(module, nn.Conv2d)]
 
 
 def load_teacher_file(
     path: str | Path,
-    model_size: ModelSize = "small",
+    model_size: ModelSize | str = ModelSize.SMALL,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Read a teacher file into ``(pdn_state_dict, mean or None, std or None)``; never unpickles code.
 

@@ -15,7 +15,7 @@ anomalib-format teacher files load unchanged. What differs from anomalib's ``Eff
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 import torch
 from anomalib.data import InferenceBatch
@@ -33,7 +33,12 @@ from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD
 from .anomaly_map import distance_maps, normalise_and_combine, to_image_size
 from .loss import autoencoder_losses, hard_feature_loss, penalty_loss
 
-ModelSize = Literal["small", "medium"]
+
+class ModelSize(StrEnum):
+    """EfficientAD-S or EfficientAD-M (the PDN's width and depth)."""
+
+    SMALL = "small"
+    MEDIUM = "medium"
 
 
 class SmallPDN(SmallPatchDescriptionNetwork):
@@ -57,7 +62,7 @@ class MediumPDN(MediumPatchDescriptionNetwork):
         return self.conv6(torch.relu(self.conv5(x)))
 
 
-def make_pdn(model_size: ModelSize, out_channels: int, padding: bool) -> SmallPDN | MediumPDN:
+def make_pdn(model_size: ModelSize | str, out_channels: int, padding: bool) -> SmallPDN | MediumPDN:
     """A PDN of the given size; ``padding=True`` is the distillation variant (output ``H/4``)."""
     if model_size == "small":
         return SmallPDN(out_channels, padding=padding)
@@ -112,7 +117,7 @@ class EfficientADModel(nn.Module):
 
     def __init__(
         self,
-        model_size: ModelSize = "small",
+        model_size: ModelSize | str = ModelSize.SMALL,
         out_channels: int = 384,
         padding: bool = False,
         pad_maps: bool = True,

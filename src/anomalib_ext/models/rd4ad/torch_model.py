@@ -20,6 +20,10 @@ channel count and stride from the teacher's timm feature info, so other timm CNN
   the OCBE and the student, BatchNorm weight 1 and bias 0. The official ``isinstance(m,
   nn.Conv2d)`` test does not match ``nn.ConvTranspose2d``, so the 2x2 deconvs keep PyTorch's
   default init there and here.
+
+Length: the encoder, the OCBE, the decoder and its init are one network in the paper's figure 2
+and are kept in one module so the init and the activation rule can be read beside the layers
+they apply to (the stages themselves are anomalib's and timm's).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Example:
     ...               layers1=("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
     ...               layers2=("blocks.1", "blocks.2", "blocks.4"))
     >>> Engine(max_epochs=4).train(model, datamodule=MVTecStyle("../shared/datasets/mtd"))  # doctest: +SKIP
+
+Length: RSTPM's two training stages with manual optimisation (which optimiser steps when, and
+the DDP setting that stage switch needs) are one state machine; the stage schedule itself is in
+``stages.py`` and the networks in ``torch_model.py``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,12 @@ from torchvision.transforms.v2 import Resize
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
-from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
+from anomalib_ext.components.reconstruction_student import Attention
 
 from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
-from .torch_model import LossMode, RSTPMModel, Student2Input
+from .torch_model import LossMode, RSTPMModel, Student2Input, Student2Variant
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -104,7 +108,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         pre_trained: bool = True,
         allow_download: bool = False,
         attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
-        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_variant: Student2Variant | str = Student2Variant.RSTPM1,
         student2_input: Student2Input | str = Student2Input.TEACHER,
         loss_mode: LossMode | str = LossMode.ALL,
         score_map: ScoreMap | str = ScoreMap.COMBINED,
@@ -139,7 +143,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         # Options become plain strings *before* anomalib's save_hyperparameters reads these locals,
         # so hparams, checkpoints (weights_only loads) and config dumps never hold enum objects.
         attention = str(attention)
-        student2_variant = str(student2_variant)
+        student2_variant = parse_option(Student2Variant, student2_variant, "student2_variant").value
         student2_input = parse_option(Student2Input, student2_input, "student2_input").value
         loss_mode = parse_option(LossMode, loss_mode, "loss_mode").value
         score_map = parse_option(ScoreMap, score_map, "score_map").value

@@ -25,13 +25,25 @@ from torch import nn
 from anomalib_ext.components import ReconstructionStudent, create_backbone, feature_shapes
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, nonnegative_outputs
 from anomalib_ext.components.options import parse_option
-from anomalib_ext.components.reconstruction_student import Attention, StudentVariant
+from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+
+
+class Student2Variant(StrEnum):
+    """The report's two student2 designs, by its names (their layouts: :class:`StudentLayout`)."""
+
+    RSTPM1 = "rstpm1"  # fig. 3: 3x3 transposed conv + BasicBlock per stage
+    RSTPM2 = "rstpm2"  # figs. 15-16: RD4AD-style up-sampling residual blocks, about half the parameters
+
+    @property
+    def layout(self) -> StudentLayout:
+        """The reconstruction student layout this variant builds."""
+        return StudentLayout.DECONV_BASIC_BLOCK if self is Student2Variant.RSTPM1 else StudentLayout.UP_RESIDUAL
 
 
 class Student2Input(StrEnum):
@@ -104,7 +116,7 @@ class RSTPMModel(nn.Module):
         pre_trained: bool = True,
         allow_download: bool = False,
         attention: Attention | str = Attention.MULTIPLY_RESIDUAL,
-        student2_variant: StudentVariant | str = StudentVariant.RSTPM1,
+        student2_variant: Student2Variant | str = Student2Variant.RSTPM1,
         student2_input: Student2Input | str = Student2Input.TEACHER,
         loss_mode: LossMode | str = LossMode.ALL,
         score_map: ScoreMap | str = ScoreMap.COMBINED,
@@ -137,7 +149,7 @@ class RSTPMModel(nn.Module):
         self.student2 = ReconstructionStudent(
             deep_channels,
             target_channels,
-            student2_variant,
+            parse_option(Student2Variant, student2_variant, "student2_variant").layout,
             attention,
             nonnegative_outputs(self.teacher2),
         )

@@ -1,4 +1,4 @@
-"""Lightning callbacks for long unattended runs (benchmarks, the demo, CI logs)."""
+"""Progress for long unattended runs (benchmarks, the demo, CI logs): epoch lines and a test-AUROC curve."""
 
 from __future__ import annotations
 

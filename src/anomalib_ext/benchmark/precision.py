@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .export import export_openvino
-from .runtime import ExportedModel, cpu_supports
+from anomalib_ext.deploy.export import export_openvino
+from anomalib_ext.deploy.runtime import ExportedModel, cpu_supports
+
+from .timing import median_ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -45,7 +47,6 @@ def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tupl
 
 def batch1_ms(exported: ExportedModel, image_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time of one image through the compiled model."""
-    from anomalib_ext.benchmark.timing import median_ms
 
     image = np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
     return median_ms(lambda: exported(image), repeats, warmup, sync=lambda: None)
@@ -88,12 +89,14 @@ def precision_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m anomalib_ext.deploy.precision_benchmark --model RD4AD --checkpoint CKPT --data DIR``."""
+    """``python -m anomalib_ext.benchmark.precision --model RD4AD --checkpoint CKPT --data DIR``."""
     import argparse
 
-    from anomalib_ext.benchmark import append_row, hardware, resolve_model_class
-    from anomalib_ext.benchmark.report import DEPLOY_COLUMNS
     from anomalib_ext.data import MVTecStyle
+
+    from .models import resolve_model_class
+    from .report import DEPLOY_COLUMNS, append_row
+    from .timing import hardware
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model class name (RD4AD, ...) or dotted path")

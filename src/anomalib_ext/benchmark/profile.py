@@ -1,0 +1,259 @@
+"""Where a training step's time goes: data, frozen networks, trained networks, backward, optimiser.
+
+``anomalib-ext profile --model RD4AD --data DIR [benchmark options]`` trains the model through
+anomalib's ``Engine`` exactly as ``anomalib-ext benchmark`` does and reports, per epoch, the mean
+milliseconds per step in
+
+- **data**: waiting for the next batch (decoding, resizing, collation, host-to-device copy);
+- **frozen fwd**: forward passes of the networks that are not trained (teachers: the model's
+  top-level sub-networks whose parameters all have ``requires_grad=False``), timed with hooks;
+- **trained fwd**: the rest of the forward pass and the loss;
+- **backward** and **optimiser** (``optimizer.step``, every optimiser the step uses);
+- **other**: what is left of the step (Lightning's hooks, logging);
+
+and per epoch the wall time of training and of validation. **compute** is frozen fwd + trained
+fwd + backward + optimiser: the model's own work. ``epoch / compute`` is how much longer an
+epoch takes than that work; data loading and framework overhead are the difference.
+
+Each step's timestamps come from Lightning's callback hooks (``on_train_batch_start``,
+``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``,
+``on_train_batch_end``); on a GPU the device is synchronised at each, which slows it a little.
+Under manual optimisation (RSTPM) the time between an optimiser step and the next backward is
+counted as optimiser time, so a forward pass computed after a step is counted there too.
+Times are wall-clock: run it on a quiet machine (the rows record the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+
+PROFILE_COLUMNS = [
+    "model",
+    "dataset",
+    "size",
+    "batch",
+    "epoch",
+    "steps",
+    "data ms",
+    "frozen fwd ms",
+    "trained fwd ms",
+    "backward ms",
+    "optimiser ms",
+    "other ms",
+    "compute s",
+    "train epoch s",
+    "epoch / compute",
+    "validation s",
+    "hardware",
+    "load",
+    "date",
+]
+
+
+def frozen_networks(model: nn.Module) -> dict[str, nn.Module]:
+    """Top-level sub-networks of ``model`` with parameters, none of them trainable (the teachers)."""
+    frozen = {}
+    for name, child in model.named_children():
+        parameters = list(child.parameters())
+        if parameters and not any(parameter.requires_grad for parameter in parameters):
+            frozen[name] = child
+    return frozen
+
+
+class StepProfiler(Callback):
+    """Split every training step's wall time into data / frozen fwd / trained fwd / backward / optimiser.
+
+    Args:
+        frozen: the networks whose forward passes count as "frozen fwd" (default: found at
+            ``on_fit_start`` in ``pl_module.model`` by :func:`frozen_networks`).
+    """
+
+    def __init__(self, frozen: dict[str, nn.Module] | None = None) -> None:
+        self.frozen = frozen
+        self.epochs: list[dict[str, float]] = []
+        self._handles: list[Any] = []
+        self._sync = False
+        self._reset_epoch()
+
+    # ------------------------------------------------------------------ clock
+    def _now(self) -> float:
+        if self._sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _reset_epoch(self) -> None:
+        self._sums: dict[str, float] = defaultdict(float)
+        self._steps = 0
+        self._epoch_start = self._last_end = self._step_start = self._mark = 0.0
+        self._frozen_start = self._frozen_before = 0.0
+        self._in_optimizer = False
+        self._validation = self._validation_start = 0.0
+
+    # ------------------------------------------------------------------ frozen-network hooks
+    def _frozen_pre(self, *_: Any) -> None:
+        self._frozen_start = self._now()
+
+    def _frozen_post(self, *_: Any) -> None:
+        if self._step_start and self._frozen_start:
+            self._sums["frozen"] += self._now() - self._frozen_start
+        self._frozen_start = 0.0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sync = pl_module.device.type == "cuda"
+        networks = self.frozen if self.frozen is not None else frozen_networks(getattr(pl_module, "model", pl_module))
+        for network in networks.values():
+            self._handles.append(network.register_forward_pre_hook(self._frozen_pre))
+            self._handles.append(network.register_forward_hook(self._frozen_post))
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------ step phases
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._reset_epoch()
+        self._epoch_start = self._last_end = self._now()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        now = self._now()
+        self._sums["data"] += now - self._last_end
+        self._step_start = self._mark = now
+        self._frozen_before = self._sums["frozen"]
+        self._in_optimizer = False
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        now = self._now()
+        if self._in_optimizer:  # manual optimisation: an optimiser stepped since the last backward
+            self._sums["optimiser"] += now - self._mark
+            self._in_optimizer = False
+        else:
+            frozen = self._sums["frozen"] - self._frozen_before
+            self._sums["trained_fwd"] += now - self._mark - frozen
+        self._frozen_before = self._sums["frozen"]
+        self._mark = now
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        now = self._now()
+        self._sums["backward"] += now - self._mark
+        self._mark = now
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        """Called right before ``optimizer.step`` updates the weights (after the closure's backward)."""
+        self._mark = self._now()
+        self._in_optimizer = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = self._now()
+        if self._in_optimizer:
+            self._sums["optimiser"] += now - self._mark
+            self._in_optimizer = False
+        elif self._mark == self._step_start:  # no backward (a step that only computed statistics)
+            self._sums["trained_fwd"] += now - self._mark - (self._sums["frozen"] - self._frozen_before)
+        self._sums["step"] += now - self._step_start
+        self._steps += 1
+        self._last_end = now
+        self._step_start = 0.0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation_start = self._now()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_start:  # in-fit validation: it runs inside the training epoch, before its end hook
+            self._validation += self._now() - self._validation_start
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        wall = self._now() - self._epoch_start - self._validation
+        steps = max(1, self._steps)
+        sums = self._sums
+        compute = sums["frozen"] + sums["trained_fwd"] + sums["backward"] + sums["optimiser"]
+        other = sums["step"] - compute
+        self.epochs.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "steps": self._steps,
+                "data ms": 1000 * sums["data"] / steps,
+                "frozen fwd ms": 1000 * sums["frozen"] / steps,
+                "trained fwd ms": 1000 * sums["trained_fwd"] / steps,
+                "backward ms": 1000 * sums["backward"] / steps,
+                "optimiser ms": 1000 * sums["optimiser"] / steps,
+                "other ms": 1000 * other / steps,
+                "compute s": compute,
+                "train epoch s": wall,
+                "epoch / compute": wall / compute if compute > 0 else float("nan"),
+                "validation s": self._validation,
+            }
+        )
+
+
+def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train ``args.model`` for ``args.epochs`` through the Engine and return one row per epoch."""
+    import datetime as dt
+    import tempfile
+
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from .models import build_model, model_arguments, resolve_model_class
+    from .runner import make_datamodule
+    from .timing import hardware
+
+    seed_everything(args.seed, workers=True)
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
+    datamodule = make_datamodule(args, model_cls)
+    profiler = StepProfiler()
+    engine = Engine(
+        default_root_dir=Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_profile_")),
+        max_epochs=args.epochs,
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",
+        devices=1,
+        logger=False,
+        callbacks=[profiler],
+        enable_progress_bar=False,
+        check_val_every_n_epoch=1,
+    )
+    load_before = os.getloadavg()[0]
+    engine.fit(model=model, datamodule=datamodule)
+    load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+    common = {
+        "model": args.label or model_cls.__name__,
+        "dataset": Path(args.data).name,
+        "size": args.image_size,
+        "batch": args.batch_size,
+        "hardware": hardware(),
+        "load": load,
+        "date": dt.date.today().isoformat(),
+    }
+    return [{**common, **epoch} for epoch in profiler.epochs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``anomalib-ext profile``: the benchmark's options (``--model``, ``--data``, ...), one row per epoch."""
+    from .cli import parse_args
+    from .report import append_row
+
+    args = parse_args(argv)
+    for name in args.models:
+        rows = run_profile(argparse.Namespace(**{**vars(args), "model": name}))
+        for row in rows:
+            print(
+                " | ".join(
+                    f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}"
+                    for key, value in row.items()
+                )
+            )
+            if args.output:
+                append_row(args.output, args.section, row, PROFILE_COLUMNS)
+    return 0

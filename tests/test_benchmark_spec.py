@@ -1,0 +1,74 @@
+"""Benchmark tables as YAML specs: every row becomes the command a user could type, bad specs name the entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anomalib_ext.benchmark.cli import main
+from anomalib_ext.benchmark.spec import SpecError, select, spec_commands
+
+SPECS = sorted((Path(__file__).resolve().parents[1] / "configs" / "benchmarks").glob("*.yaml"))
+
+SPEC = """
+output: table.md
+section: "Lite0 on {dataset}"
+work-dir: runs
+datasets: {mtd: data/mtd, tire: data/tire}
+defaults: {image-size: 128, curve-every: 2, backbone: efficientnet_lite0}
+runs:
+  - {model: RD4AD, datasets: [mtd, tire], epochs: 8, layers: [blocks.1, blocks.2], model-args: {loss_form: per_pixel}}
+  - {model: Stfpm, datasets: [tire], image-size: 256, deploy-precisions: true, label: "STFPM baseline"}
+"""
+
+
+def option(command: list[str], flag: str) -> list[str]:
+    """The values after ``flag`` up to the next flag."""
+    start = command.index(flag) + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("--")), len(command))
+    return command[start:end]
+
+
+def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    commands = spec_commands(path)
+    assert [option(c, "--data") for c in commands] == [["data/mtd"], ["data/tire"], ["data/tire"]]
+    first, second, third = commands
+    assert option(first, "--layers") == ["blocks.1", "blocks.2"]
+    assert json.loads(option(first, "--model-args")[0]) == {"loss_form": "per_pixel"}
+    assert option(first, "--image-size") == ["128"] and option(third, "--image-size") == ["256"]
+    assert option(second, "--section") == ["Lite0 on tire"]
+    assert option(third, "--deploy-precisions") == [] and "--deploy-precisions" not in first
+    assert option(third, "--work-dir") == [str(Path("runs") / "tire" / "01_STFPM_baseline")]
+    assert select(commands, "Stfpm") == [third] and select(commands, "mtd") == [first]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("runs: []", "non-empty `runs`"),
+        ("datasets: {a: x}\nruns: [{model: RD4AD, datasets: [b]}]", "dataset 'b' is not in"),
+        ("runs: [{datasets: [a]}]", "run 0: needs `model`"),
+        ("rows: []\nruns: [{model: RD4AD, datasets: [a]}]", "unknown top-level key"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message):
+        spec_commands(path)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda path: path.name)
+def test_committed_specs_parse_into_valid_commands(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--spec", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("anomalib-ext benchmark --model") == len(spec_commands(path))
+    from anomalib_ext.benchmark.cli import parse_args
+
+    for command in spec_commands(path):
+        args = parse_args(command)  # every option is one the command knows
+        assert args.data and args.models

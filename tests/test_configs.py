@@ -1,0 +1,53 @@
+"""Every config under ``configs/`` names real classes and only their real arguments.
+
+A renamed or moved argument (e.g. a hold-out that moved from the model to the data module) would
+otherwise only fail when a user runs ``anomalib train --config``. Ablation configs are partial
+(``--config recipe.yaml --config ablation.yaml``), so only the sections they have are checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+MODEL_OF_FOLDER = {
+    "efficientad": "anomalib_ext.EfficientADOffline",
+    "rd4ad": "anomalib_ext.RD4AD",
+    "rstpm": "anomalib_ext.RSTPM",
+    "uniad": "anomalib_ext.UniAD",
+}
+
+
+def resolve(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def accepted_arguments(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass).parameters}
+
+
+def test_there_are_configs_for_every_model() -> None:
+    assert {path.parent.name for path in CONFIGS} == set(MODEL_OF_FOLDER)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_config_arguments_exist(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    for section in ("model", "data"):
+        entry = config.get(section)
+        if not entry:
+            continue
+        if "class_path" in entry:
+            cls = resolve(entry["class_path"])
+        elif section == "model":  # a partial (ablation) config: its folder's model
+            cls = resolve(MODEL_OF_FOLDER[path.parent.name])
+        else:
+            continue
+        unknown = set(entry.get("init_args", {})) - accepted_arguments(cls)
+        assert not unknown, f"{path}: {section} {cls.__name__} has no argument(s) {sorted(unknown)}"
