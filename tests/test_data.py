@@ -123,25 +123,31 @@ def test_not_an_mvtec_folder(tmp_path: Path) -> None:
 
 
 def test_holdout_is_a_seeded_part_of_train_that_is_never_trained_on(tmp_path: Path) -> None:
+    """``holdout_fraction`` sets a seeded share of train aside before the validation split; ``1.0`` is refused."""
     root = _mtd_like(tmp_path)
     for index in range(3, 10):  # 10 training images in all
         Image.fromarray(np.full((60, 90), index * 20, dtype=np.uint8)).save(
-            root / "train" / "good" / f"extra_{index}.jpg"
+            root / "train" / "good" / f"extra_{index}.jpg",
         )
 
     def split(**options: object) -> tuple[set[str], set[str]]:
+        """The training and held-out image paths of a data module set up with ``options``."""
         datamodule = MVTecStyle(root, image_size=32, **options)  # type: ignore[arg-type]
         datamodule.setup()
         held = set() if datamodule.holdout_data is None else set(datamodule.holdout_data.samples.image_path)
         return set(datamodule.train_data.samples.image_path), held
 
     everything, none = split()
-    assert len(everything) == 10 and not none
+    assert len(everything) == 10
+    assert not none
     train, held = split(holdout_fraction=0.2)
-    assert len(held) == 2 and held.isdisjoint(train) and held | train == everything
+    assert len(held) == 2
+    assert held.isdisjoint(train)
+    assert held | train == everything
     assert split(holdout_fraction=0.2) == (train, held)  # the same images every run
     assert split(holdout_fraction=0.2, holdout_seed=1)[1] != held
     train, held = split(holdout_fraction=0.2, val_split_mode="from_train", val_split_ratio=0.2)
-    assert len(held) == 2 and len(train) < 8  # held out first, then anomalib's validation split from the rest
+    assert len(held) == 2  # held out first,
+    assert len(train) < 8  # then anomalib's validation split from the rest
     with pytest.raises(ValueError, match="holdout_fraction"):
         MVTecStyle(root, holdout_fraction=1.0)

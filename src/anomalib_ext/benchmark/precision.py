@@ -47,7 +47,6 @@ def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tupl
 
 def batch1_ms(exported: ExportedModel, image_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time of one image through the compiled model."""
-
     image = np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
     return median_ms(lambda: exported(image), repeats, warmup, sync=lambda: None)
 

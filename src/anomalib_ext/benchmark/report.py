@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from anomalib.data import AnomalibDataModule
@@ -62,7 +63,7 @@ def format_cell(value: object) -> str:
     return str(value)
 
 
-def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> None:
+def append_row(path: Path, section: str, row: dict[str, Any], columns: Sequence[str] = COLUMNS) -> None:
     """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from anomalib.engine import Engine
     from anomalib.models import AnomalibModule
 
+    from anomalib_ext.data import MVTecStyle
 
-def make_datamodule(args: argparse.Namespace, model_cls: Any) -> Any:
+
+def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -> MVTecStyle:
     """The row's data: ``args.data`` as an MVTec-style module at the row's size, with the model's data arguments."""
     from anomalib_ext.data import MVTecStyle
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.base import AnomalibDataset
@@ -37,6 +36,7 @@ from .mvtec_samples import IMAGE_SUFFIXES, check_image, make_mvtec_style_samples
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import pandas as pd
     from torchvision.transforms.v2 import Transform
 
 __all__ = [

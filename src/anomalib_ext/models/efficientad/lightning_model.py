@@ -93,15 +93,17 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         self,
         teacher_weights: str | None = None,
         model_size: ModelSize | str = ModelSize.SMALL,
-        penalty_images: str | None = None,
-        use_penalty: bool = True,
-        random_teacher: bool = False,
+        # the arguments marked ARG002 are read back from self.hparams by the hooks and
+        # configure_optimizers (anomalib's save_hyperparameters reads this frame)
+        penalty_images: str | None = None,  # noqa: ARG002
+        use_penalty: bool = True,  # noqa: ARG002
+        random_teacher: bool = False,  # noqa: ARG002
         teacher_stats: TeacherStatistics | str = TeacherStatistics.TRAIN,
-        max_stat_images: int | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        lr_decay_at: float = 0.95,
-        penalty_batch_size: int = 1,
+        max_stat_images: int | None = None,  # noqa: ARG002
+        lr: float = 1e-4,  # noqa: ARG002
+        weight_decay: float = 1e-5,  # noqa: ARG002
+        lr_decay_at: float = 0.95,  # noqa: ARG002
+        penalty_batch_size: int = 1,  # noqa: ARG002
         out_channels: int = 384,
         padding: bool = False,
         pad_maps: bool = True,
@@ -150,7 +152,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
 
     def setup(self, stage: str | None = None) -> None:
         """For fitting: load the teacher."""
-        if stage in ("fit", None) and not self._teacher_ready:
+        if stage in {"fit", None} and not self._teacher_ready:
             self.load_teacher()
 
     def _images(self, loader: DataLoader, limit: int | None = None) -> Iterator[torch.Tensor]:
@@ -172,7 +174,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
 
-    def quantile_images(self) -> Any:
+    def quantile_images(self) -> AnomalibDataset:
         """The data module's held-out training images (``holdout_data``), else the training images.
 
         The hold-out belongs to the data (``MVTecStyle(holdout_fraction=0.1)``, the reproduction's
@@ -184,7 +186,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             return holdout
         logger.warning(
             "EfficientADOffline: the data module holds out no training images "
-            "(anomalib_ext.data.MVTecStyle(holdout_fraction=0.1) does); map quantiles use the training images."
+            "(anomalib_ext.data.MVTecStyle(holdout_fraction=0.1) does); map quantiles use the training images.",
         )
         return self.trainer.train_dataloader.dataset
 
@@ -210,7 +212,8 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         else:
             model = self.model
             images = self._images(
-                self._full_loader(self.trainer.train_dataloader.dataset), self.hparams.max_stat_images
+                self._full_loader(self.trainer.train_dataloader.dataset),
+                self.hparams.max_stat_images,
             )
             outputs = (model.teacher(model.normalize_input(x)) for x in images)
             mean, std = channel_statistics(outputs)

@@ -238,7 +238,11 @@ def distill_teacher(
 
 
 def _conv_names(model_size: ModelSize | str) -> list[str]:
-    return [name for name, module in make_pdn(model_size, 8, padding=False).named_children() if isinstance(module, nn.Conv2d)]
+    return [
+        name
+        for name, module in make_pdn(model_size, 8, padding=False).named_children()
+        if isinstance(module, nn.Conv2d)
+    ]
 
 
 def load_teacher_file(
