@@ -6,8 +6,8 @@ bash "$ROOT/scripts/setup.sh"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
 cd "$ROOT"
 echo "[test] ruff"
-"$VENV/bin/ruff" check src tests
-"$VENV/bin/ruff" format --check src tests
+"$VENV/bin/ruff" check src tests scripts
+"$VENV/bin/ruff" format --check src tests scripts
 echo "[test] mypy"
 "$VENV/bin/mypy" src/anomalib_ext
 echo "[test] pytest"

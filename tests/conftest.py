@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anomalib_ext import RD4AD
+    from anomalib_ext.data import MVTecStyle
 
 MTD_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
 LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
@@ -34,12 +40,14 @@ def forbid_network() -> Iterator[None]:
 
     def guarded_connect(self: socket.socket, address: object) -> None:
         if not _is_loopback(address):
-            raise NetworkAccessError(f"test tried to connect to {address!r}")
+            msg = f"test tried to connect to {address!r}"
+            raise NetworkAccessError(msg)
         return original_connect(self, address)
 
     def guarded_connect_ex(self: socket.socket, address: object) -> int:
         if not _is_loopback(address):
-            raise NetworkAccessError(f"test tried to connect to {address!r}")
+            msg = f"test tried to connect to {address!r}"
+            raise NetworkAccessError(msg)
         return original_connect_ex(self, address)
 
     socket.socket.connect = guarded_connect  # type: ignore[method-assign]
@@ -77,7 +85,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def exported_rd4ad(tmp_path_factory: pytest.TempPathFactory):
+def exported_rd4ad(tmp_path_factory: pytest.TempPathFactory) -> tuple[RD4AD, Path]:
     """An untrained RD4AD (offline Lite0 teacher, 64 px) and its fp32 OpenVINO export, shared by the deploy tests.
 
     One export per session: it is the slowest step of the fast tests that need one.
@@ -95,7 +103,7 @@ def exported_rd4ad(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def tiny_datamodule(texture_root: Path):
+def tiny_datamodule(texture_root: Path) -> MVTecStyle:
     """The brick category at 64 px with batch 4, no worker processes."""
     from anomalib_ext.data import MVTecStyle
 

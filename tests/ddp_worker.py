@@ -18,17 +18,23 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+if TYPE_CHECKING:
+    from anomalib.data import AnomalibDataModule, Batch
+    from anomalib.models import AnomalibModule
+
+    from anomalib_ext import EfficientADOffline
+
 SIZE = 64
 LITE0_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 
 
-def build(name: str, teacher: str | None) -> Any:
+def build(name: str, teacher: str | None) -> AnomalibModule:
     """The smallest configuration of each model that still runs its whole training logic."""
     from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 
@@ -75,7 +81,7 @@ def digest(module: torch.nn.Module) -> dict[str, list[float]]:
     }
 
 
-def efficientad_statistics(model: Any, data: Any) -> dict[str, float]:
+def efficientad_statistics(model: EfficientADOffline, data: AnomalibDataModule) -> dict[str, float]:
     """Largest gap between the trained statistics and the same statistics recomputed in one process."""
     from torch.utils.data import DataLoader
 
@@ -103,6 +109,8 @@ class StagesSeen(Callback):
         self.stages: list[int] = []
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Append the stage the epoch trains in (models without stages add nothing)."""
+        del trainer  # Lightning's hook signature
         if hasattr(pl_module, "stage"):
             self.stages.append(int(pl_module.stage))
 
@@ -117,18 +125,21 @@ class ImageScores(Callback):
     def __init__(self) -> None:
         self.scores: dict[str, float] = {}
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args) -> None:
+        """Store each image's score under its path."""
+        del trainer, pl_module, args  # Lightning's hook signature; batch index and dataloader index unused
         for path, score in zip(outputs.image_path, outputs.pred_score.reshape(-1).tolist(), strict=True):
             self.scores[str(path)] = score
 
 
-def scores_record(model: Any, scores: ImageScores) -> dict[str, Any]:
+def scores_record(model: AnomalibModule, scores: ImageScores) -> dict[str, Any]:
     """The raw image threshold the labels come from and this process's test scores (JSON floats round-trip)."""
     threshold = getattr(getattr(model, "post_processor", None), "image_threshold", None)
     return {"image_threshold": float("nan") if threshold is None else float(threshold), "image_scores": scores.scores}
 
 
-def datamodule(args: argparse.Namespace) -> Any:
+def datamodule(args: argparse.Namespace) -> AnomalibDataModule:
+    """The brick category, or every category of ``--data`` with ``--unified``; 128 px for EfficientAD."""
     from anomalib_ext.data import MVTecStyle, UnifiedMultiClass
 
     options: dict[str, Any] = {"image_size": SIZE, "train_batch_size": 4, "eval_batch_size": 2, "num_workers": 0}
@@ -148,6 +159,7 @@ def category_metrics(args: argparse.Namespace) -> list[Callback]:
 
 
 def per_category(trainer: Trainer) -> dict[str, dict[str, float]]:
+    """The trainer's per-category test metrics, when a ``PerCategoryMetrics`` callback collected them."""
     from anomalib_ext.callbacks import PerCategoryMetrics
 
     for callback in trainer.callbacks:
@@ -157,6 +169,7 @@ def per_category(trainer: Trainer) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    """Train and test on this rank, write ``rank<r>.json``; rank 0 also tests in a single process."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,8 +10,14 @@ from anomalib.engine import Engine
 
 from anomalib_ext.deploy import ExportedModel
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
+    from anomalib.data import AnomalibDataModule
+    from anomalib.models import AnomalibModule
+
+
+def make_engine(root: Path, max_epochs: int = 1, **kwargs) -> Engine:
     """A CPU engine that writes everything under ``root`` and logs nothing."""
     return Engine(
         default_root_dir=root,
@@ -25,7 +30,13 @@ def make_engine(root: Path, max_epochs: int = 1, **kwargs: Any) -> Engine:
     )
 
 
-def fit_and_test(model, datamodule, root: Path, max_epochs: int = 1, **kwargs: Any) -> dict[str, float]:
+def fit_and_test(
+    model: AnomalibModule,
+    datamodule: AnomalibDataModule,
+    root: Path,
+    max_epochs: int = 1,
+    **kwargs,
+) -> dict[str, float]:
     """Train for ``max_epochs`` and return the test metrics as floats (validating only after the last epoch)."""
     kwargs.setdefault("check_val_every_n_epoch", max_epochs)
     engine = make_engine(root, max_epochs=max_epochs, **kwargs)
@@ -34,7 +45,12 @@ def fit_and_test(model, datamodule, root: Path, max_epochs: int = 1, **kwargs: A
     return {key: float(value) for key, value in results[0].items()}
 
 
-def assert_openvino_parity(model, root: Path, input_size: tuple[int, int], atol: float = 1e-4) -> dict[str, np.ndarray]:
+def assert_openvino_parity(
+    model: AnomalibModule,
+    root: Path,
+    input_size: tuple[int, int],
+    atol: float = 1e-4,
+) -> dict[str, np.ndarray]:
     """Export ``model`` to OpenVINO and check its map and score against eager torch on one image.
 
     Assumes float32 in both: torch on the CPU, OpenVINO compiled with an explicit f32 hint (its

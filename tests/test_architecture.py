@@ -31,6 +31,7 @@ def package_imports() -> list[tuple[str, str]]:
 
 
 def test_imports_follow_the_layers() -> None:
+    """No module imports a layer that docs/architecture.md puts above it (only the deprecated alias is allowed)."""
     wrong = []
     for relative, module in package_imports():
         layer, target = relative.split("/")[0].removesuffix(".py"), module.split(".")[1]
@@ -40,6 +41,7 @@ def test_imports_follow_the_layers() -> None:
 
 
 def test_models_do_not_import_each_other() -> None:
+    """A model package imports only itself among the models; shared code lives in components."""
     wrong = [
         f"{relative} imports {module}"
         for relative, module in package_imports()
@@ -52,6 +54,7 @@ def test_models_do_not_import_each_other() -> None:
 
 
 def test_no_component_names_a_model_in_code() -> None:
+    """No name or string in components' code (docstrings aside) mentions a model: components are model-neutral."""
     names = ("rd4ad", "rstpm", "uniad", "efficientad")
     wrong = []
     for path in sorted((PACKAGE / "components").glob("*.py")):

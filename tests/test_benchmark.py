@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 
 from anomalib_ext.benchmark import build_model, resolve_model_class
 from anomalib_ext.components.backbone import pretrained_state_dict
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 
@@ -16,6 +21,7 @@ LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
     [("Stfpm", "teacher_model", {}), ("Padim", "feature_extractor", {"n_features": 50})],
 )
 def test_builtins_get_local_imagenet_weights_without_the_hub(name: str, attribute: str, extra: dict) -> None:
+    """Anomalib's Stfpm and Padim, built as the benchmark builds them, get the local Lite0 weights, not the hub's."""
     model = build_model(resolve_model_class(name), "efficientnet_lite0", LAYERS, 64, extra)
     loaded = getattr(model.model, attribute).feature_extractor.state_dict()
     reference = pretrained_state_dict("efficientnet_lite0")
@@ -24,11 +30,13 @@ def test_builtins_get_local_imagenet_weights_without_the_hub(name: str, attribut
 
 
 def test_unknown_model_name_is_reported() -> None:
+    """A name found neither in anomalib_ext nor in anomalib.models fails with that name."""
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):
         resolve_model_class("Nope")
 
 
-def test_heatmap_grid_and_accuracy_plot_validate_and_draw(tmp_path) -> None:
+def test_heatmap_grid_and_accuracy_plot_validate_and_draw(tmp_path: Path) -> None:
+    """Both figures are drawn (constant maps and a failed export included); mismatched map counts are refused."""
     import numpy as np
     from PIL import Image
 

@@ -32,6 +32,7 @@ def option(command: list[str], flag: str) -> list[str]:
 
 
 def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: Path) -> None:
+    """One command per run and dataset, with the spec's defaults, each run's overrides and its own work dir."""
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     commands = spec_commands(path)
@@ -39,11 +40,14 @@ def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: P
     first, second, third = commands
     assert option(first, "--layers") == ["blocks.1", "blocks.2"]
     assert json.loads(option(first, "--model-args")[0]) == {"loss_form": "per_pixel"}
-    assert option(first, "--image-size") == ["128"] and option(third, "--image-size") == ["256"]
+    assert option(first, "--image-size") == ["128"]
+    assert option(third, "--image-size") == ["256"]
     assert option(second, "--section") == ["Lite0 on tire"]
-    assert option(third, "--deploy-precisions") == [] and "--deploy-precisions" not in first
+    assert option(third, "--deploy-precisions") == []
+    assert "--deploy-precisions" not in first
     assert option(third, "--work-dir") == [str(Path("runs") / "tire" / "01_STFPM_baseline")]
-    assert select(commands, "Stfpm") == [third] and select(commands, "mtd") == [first]
+    assert select(commands, "Stfpm") == [third]
+    assert select(commands, "mtd") == [first]
 
 
 @pytest.mark.parametrize(
@@ -56,6 +60,7 @@ def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: P
     ],
 )
 def test_bad_specs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    """An empty, inconsistent or misspelt spec fails with a message naming the entry at fault."""
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     with pytest.raises(SpecError, match=message):
@@ -64,6 +69,7 @@ def test_bad_specs_name_the_problem(tmp_path: Path, text: str, message: str) -> 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda path: path.name)
 def test_committed_specs_parse_into_valid_commands(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each spec under configs/benchmarks dry-runs, printing one command per row that the benchmark CLI accepts."""
     assert main(["--spec", str(path), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("anomalib-ext benchmark --model") == len(spec_commands(path))
@@ -71,4 +77,5 @@ def test_committed_specs_parse_into_valid_commands(path: Path, capsys: pytest.Ca
 
     for command in spec_commands(path):
         args = parse_args(command)  # every option is one the command knows
-        assert args.data and args.models
+        assert args.data
+        assert args.models

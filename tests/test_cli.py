@@ -17,7 +17,16 @@ LITE0_ARGS = ["--model.backbone", "efficientnet_lite0", "--model.layers", "[bloc
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    # the package's own console scripts and interpreter, with argument lists and no shell
+    result = subprocess.run(  # noqa: S603
+        command,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -44,7 +53,7 @@ def _data_args(texture_root: Path) -> list[str]:
 
 
 def test_no_model_name_collides_with_an_anomalib_builtin() -> None:
-    """anomalib's get_model matches names case-insensitively and the last match wins."""
+    """Anomalib's get_model matches names case-insensitively and the last match wins."""
     import anomalib.models
 
     builtin = {name.lower() for name in anomalib.models.__all__}
@@ -55,6 +64,7 @@ def test_no_model_name_collides_with_an_anomalib_builtin() -> None:
 
 @pytest.mark.slow
 def test_anomalib_cli_trains_by_dotted_path(texture_root: Path, tmp_path: Path) -> None:
+    """Anomalib's own ``anomalib fit`` trains the model given as ``anomalib_ext.RD4AD`` and writes a checkpoint."""
     _run(
         [
             str(BIN / "anomalib"),
@@ -73,6 +83,7 @@ def test_anomalib_cli_trains_by_dotted_path(texture_root: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_our_cli_resolves_short_names_and_tests(texture_root: Path, tmp_path: Path) -> None:
+    """``anomalib-ext train --model RD4AD`` finds the model by its short name, fits it and prints test metrics."""
     result = _run(
         [
             str(BIN / "anomalib-ext"),
@@ -90,6 +101,7 @@ def test_our_cli_resolves_short_names_and_tests(texture_root: Path, tmp_path: Pa
 
 
 def test_cli_help_lists_our_tools(tmp_path: Path) -> None:
+    """The console script hands ``benchmark --help`` to our tool, and the documented tools are registered."""
     result = _run([str(BIN / "anomalib-ext"), "benchmark", "--help"], tmp_path)
     assert "--model" in result.stdout
     from anomalib_ext.cli import TOOLS
@@ -145,7 +157,8 @@ def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path:
     # the CPU (image AUROC, pixel AUROC, AUPRO; anomalib's metrics of the post-processed scores, with
     # the midpoint thresholds); Padim needs no training and ranks well above chance.
     assert cells[5:8] == ["45.8", "54.7", "25.7"]
-    assert cells[9].endswith("ms (CPU)") and cells[10].endswith("ms (f32)")
+    assert cells[9].endswith("ms (CPU)")
+    assert cells[10].endswith("ms (f32)")
     padim = next(line for line in text.splitlines() if line.startswith("| Padim | grass |"))
     assert float(padim.strip("|").split("|")[5]) >= 70.0
     assert (tmp_path / "work" / "RD4AD" / "benchmark.json").is_file()
@@ -154,7 +167,8 @@ def test_benchmark_appends_measured_rows_and_plots(texture_root: Path, tmp_path:
 
     for name in ("heatmaps.png", "accuracy_vs_latency.png"):
         with Image.open(tmp_path / "plots" / name) as image:
-            assert image.width > 300 and image.height > 200
+            assert image.width > 300
+            assert image.height > 200
 
 
 @pytest.mark.slow
@@ -192,15 +206,17 @@ def _quiet_cli_args(texture_root: Path, root: Path) -> list[str]:
 
 
 def test_cli_trainer_gets_the_device_safe_checkpoint_io(texture_root: Path, tmp_path: Path) -> None:
+    """Unless one is configured, the CLI's engine gets ``DeviceSafeCheckpointIO`` (GPU checkpoints load on CPUs)."""
     from anomalib_ext.cli import anomalib_cli_class
     from anomalib_ext.plugins import DeviceSafeCheckpointIO
 
     cli = anomalib_cli_class()(["test", *_quiet_cli_args(texture_root, tmp_path)], run=False)
-    plugins = cli.engine._cache.args["plugins"]
+    plugins = cli.engine._cache.args["plugins"]  # noqa: SLF001  # the engine keeps trainer arguments only there
     assert [type(plugin) for plugin in plugins] == [DeviceSafeCheckpointIO]
 
 
 def test_cli_keeps_a_checkpoint_io_the_user_chose(texture_root: Path, tmp_path: Path) -> None:
+    """A checkpoint IO given with ``--trainer.plugins`` is kept, not replaced."""
     from lightning.fabric.plugins import TorchCheckpointIO
 
     from anomalib_ext.cli import anomalib_cli_class
@@ -212,10 +228,11 @@ def test_cli_keeps_a_checkpoint_io_the_user_chose(texture_root: Path, tmp_path: 
         "lightning.pytorch.plugins.TorchCheckpointIO",
     ]
     cli = anomalib_cli_class()(args, run=False)
-    assert type(cli.engine._cache.args["plugins"]) is TorchCheckpointIO
+    assert type(cli.engine._cache.args["plugins"]) is TorchCheckpointIO  # noqa: SLF001  # as above
 
 
 def test_device_safe_checkpoint_io_is_added_only_without_one() -> None:
+    """The IO joins other plugins, and is left out when the plugins or the strategy already hold one."""
     from lightning.fabric.plugins import TorchCheckpointIO
     from lightning.pytorch.plugins.precision import DoublePrecision
     from lightning.pytorch.strategies import DDPStrategy
@@ -236,7 +253,9 @@ def test_device_safe_checkpoint_io_is_added_only_without_one() -> None:
 
 @pytest.mark.slow
 def test_cli_tests_a_gpu_checkpoint_on_a_cpu_machine(
-    texture_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    texture_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``anomalib-ext test --ckpt_path`` of a checkpoint written on a GPU just works on the CPU."""
     import torch
@@ -258,7 +277,7 @@ def test_cli_tests_a_gpu_checkpoint_on_a_cpu_machine(
 
 
 def test_cli_hides_third_party_future_warnings_only_while_it_runs() -> None:
-    """anomalib's and timm's FutureWarnings are hidden inside the command; others, and the caller's filters, are not."""
+    """Anomalib's and timm's FutureWarnings are hidden inside the command; others, and the caller's filters, are not."""
     import warnings
 
     from anomalib_ext.cli import third_party_future_warnings_hidden
@@ -282,7 +301,10 @@ def test_cli_entry_point_prints_no_future_warning(tmp_path: Path) -> None:
     import anomalib_ext.cli
 
     # runpy: the package directory does not land on sys.path, as it would with ``python cli.py``
-    script = f"import runpy, sys; sys.argv[1:] = sys.argv[2:]; runpy.run_path({anomalib_ext.cli.__file__!r}, run_name='__main__')"
+    script = (
+        "import runpy, sys; sys.argv[1:] = sys.argv[2:]; "
+        f"runpy.run_path({anomalib_ext.cli.__file__!r}, run_name='__main__')"
+    )
     for command in (["--help"], ["benchmark", "--help"]):
         result = _run([sys.executable, "-c", script, "-", *command], tmp_path)
         assert "--help" in result.stdout
@@ -290,5 +312,6 @@ def test_cli_entry_point_prints_no_future_warning(tmp_path: Path) -> None:
 
 
 def test_console_script_help_prints_no_future_warning(tmp_path: Path) -> None:
+    """``anomalib-ext --help`` through the installed console script prints no third-party FutureWarning."""
     result = _run([str(BIN / "anomalib-ext"), "--help"], tmp_path)
     assert "FutureWarning" not in result.stderr, result.stderr

@@ -28,21 +28,25 @@ MODEL_OF_FOLDER = {
 
 
 def resolve(class_path: str) -> type:
+    """The class a config's ``class_path`` names."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
 
 def accepted_arguments(cls: type) -> set[str]:
+    """Every ``__init__`` argument of ``cls`` and its bases (a config may set any of them)."""
     return {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass).parameters}
 
 
 def test_there_are_configs_for_every_model() -> None:
+    """Each model has a config folder, and no folder is for something else."""
     assert {path.parent.name for path in CONFIGS} == set(MODEL_OF_FOLDER)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_config_arguments_exist(path: Path) -> None:
-    config = yaml.safe_load(path.read_text())
+    """Each config's model and data ``init_args`` are arguments of the classes it names (or its folder's model)."""
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
     for section in ("model", "data"):
         entry = config.get(section)
         if not entry:

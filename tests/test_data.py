@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from anomalib_ext.data import DatasetError, MVTecStyle, make_mvtec_style_samples, make_texture_dataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _digest(folder: Path) -> str:
@@ -39,6 +42,7 @@ def _mtd_like(root: Path, sizes: tuple[tuple[int, int], ...] = ((90, 60), (120, 
 
 
 def test_texture_dataset_is_deterministic_and_mvtec_shaped(tmp_path: Path) -> None:
+    """The built texture set is byte-identical on every build, in MVTec layout, with a non-empty mask per defect."""
     kwargs = {"categories": ("gravel",), "image_size": 48, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 2}
     first = make_texture_dataset(tmp_path / "a", **kwargs) / "gravel"
     second = make_texture_dataset(tmp_path / "b", **kwargs) / "gravel"
@@ -51,11 +55,13 @@ def test_texture_dataset_is_deterministic_and_mvtec_shaped(tmp_path: Path) -> No
 
 
 def test_unknown_texture_is_rejected(tmp_path: Path) -> None:
+    """A texture category that is not available fails with the available ones."""
     with pytest.raises(ValueError, match="available"):
         make_texture_dataset(tmp_path, categories=("marble",))
 
 
 def test_grayscale_jpegs_of_mixed_sizes_batch_as_rgb(tmp_path: Path) -> None:
+    """Grayscale JPEGs of different sizes load as same-sized RGB batches with matching masks and labels."""
     datamodule = MVTecStyle(_mtd_like(tmp_path), image_size=32, train_batch_size=3, eval_batch_size=4)
     datamodule.setup()
     batch = next(iter(datamodule.test_dataloader()))
@@ -66,6 +72,7 @@ def test_grayscale_jpegs_of_mixed_sizes_batch_as_rgb(tmp_path: Path) -> None:
 
 
 def test_missing_mask_names_the_image(tmp_path: Path) -> None:
+    """A defective image without a mask fails naming the image and the mask file expected."""
     root = _mtd_like(tmp_path)
     (root / "ground_truth" / "crack" / "exp_1_mask.png").unlink()
     with pytest.raises(DatasetError, match=r"exp_1\.jpg.*exp_1_mask\.png"):
@@ -85,6 +92,7 @@ def test_folder_without_ground_truth_is_image_level_data(tmp_path: Path) -> None
 
 
 def test_mask_of_wrong_size_is_reported(tmp_path: Path) -> None:
+    """A mask whose size differs from its image's is reported with both sizes, before training."""
     root = _mtd_like(tmp_path)
     Image.new("L", (7, 7)).save(root / "ground_truth" / "crack" / "exp_0_mask.png")
     with pytest.raises(DatasetError, match=r"exp_0_mask\.png has size \(7, 7\)"):
@@ -92,6 +100,7 @@ def test_mask_of_wrong_size_is_reported(tmp_path: Path) -> None:
 
 
 def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    """A file that is not an image is named when the samples are listed, not mid-training."""
     root = _mtd_like(tmp_path)
     (root / "train" / "good" / "exp_0.jpg").write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match=r"Cannot read image .*exp_0\.jpg"):
@@ -99,6 +108,7 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
 
 
 def test_truncated_image_is_named(tmp_path: Path) -> None:
+    """A truncated JPEG is named when the samples are listed."""
     root = _mtd_like(tmp_path)
     path = root / "test" / "good" / "exp_1.jpg"
     path.write_bytes(path.read_bytes()[:200])
@@ -107,30 +117,37 @@ def test_truncated_image_is_named(tmp_path: Path) -> None:
 
 
 def test_not_an_mvtec_folder(tmp_path: Path) -> None:
+    """A folder without ``train/good`` is rejected with that path in the message."""
     with pytest.raises(DatasetError, match=r"train/good"):
         MVTecStyle(tmp_path).setup()
 
 
 def test_holdout_is_a_seeded_part_of_train_that_is_never_trained_on(tmp_path: Path) -> None:
+    """``holdout_fraction`` sets a seeded share of train aside before the validation split; ``1.0`` is refused."""
     root = _mtd_like(tmp_path)
     for index in range(3, 10):  # 10 training images in all
         Image.fromarray(np.full((60, 90), index * 20, dtype=np.uint8)).save(
-            root / "train" / "good" / f"extra_{index}.jpg"
+            root / "train" / "good" / f"extra_{index}.jpg",
         )
 
     def split(**options: object) -> tuple[set[str], set[str]]:
+        """The training and held-out image paths of a data module set up with ``options``."""
         datamodule = MVTecStyle(root, image_size=32, **options)  # type: ignore[arg-type]
         datamodule.setup()
         held = set() if datamodule.holdout_data is None else set(datamodule.holdout_data.samples.image_path)
         return set(datamodule.train_data.samples.image_path), held
 
     everything, none = split()
-    assert len(everything) == 10 and not none
+    assert len(everything) == 10
+    assert not none
     train, held = split(holdout_fraction=0.2)
-    assert len(held) == 2 and held.isdisjoint(train) and held | train == everything
+    assert len(held) == 2
+    assert held.isdisjoint(train)
+    assert held | train == everything
     assert split(holdout_fraction=0.2) == (train, held)  # the same images every run
     assert split(holdout_fraction=0.2, holdout_seed=1)[1] != held
     train, held = split(holdout_fraction=0.2, val_split_mode="from_train", val_split_ratio=0.2)
-    assert len(held) == 2 and len(train) < 8  # held out first, then anomalib's validation split from the rest
+    assert len(held) == 2  # held out first,
+    assert len(train) < 8  # then anomalib's validation split from the rest
     with pytest.raises(ValueError, match="holdout_fraction"):
         MVTecStyle(root, holdout_fraction=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,6 +12,9 @@ import torch
 import anomalib_ext
 from anomalib_ext import demo
 from anomalib_ext.models.efficientad import EfficientADOffline
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # EfficientAD's autoencoder needs at least 128 px; the others run at the texture set's 64 px.
 IMAGE_SIZE = {"RD4AD": 64, "RSTPM": 64, "UniAD": 64, "EfficientADOffline": 128}
@@ -33,6 +36,7 @@ def test_every_model_has_an_offline_demo_recipe(tmp_path: Path, monkeypatch: pyt
 
 
 def test_unknown_model_and_too_small_efficientad_fail_before_any_work(tmp_path: Path) -> None:
+    """An unknown model and EfficientAD below 128 px fail before any teacher is distilled or file written."""
     with pytest.raises(SystemExit, match="RD4AD, RSTPM"):
         demo.model_class("Padim")
     with pytest.raises(ValueError, match=">= 128"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,12 +14,15 @@ from anomalib_ext import RD4AD
 from anomalib_ext.deploy import ExportedModel, InputSizeError, export_openvino, predict_folder
 from anomalib_ext.plugins import DeviceSafeCheckpointIO
 
+if TYPE_CHECKING:
+    from anomalib_ext.data import MVTecStyle
+
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
 
 
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """anomalib's OpenVINOInferencer writes ./openvino_cache into the working directory."""
+    """Anomalib's OpenVINOInferencer writes ./openvino_cache into the working directory."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -37,8 +41,10 @@ def test_one_colouring_for_every_heat_map() -> None:
 
     low, high = np.zeros((4, 4)), np.full((4, 4), 2.0)
     stack = colour_map(np.stack([low, high]))
-    assert stack.shape == (2, 4, 4, 3) and stack.dtype == np.uint8
-    assert stack[0, 0, 0, 2] > stack[0, 0, 0, 0] and stack[1, 0, 0, 0] > stack[1, 0, 0, 2]  # blue low, red high
+    assert stack.shape == (2, 4, 4, 3)
+    assert stack.dtype == np.uint8
+    assert stack[0, 0, 0, 2] > stack[0, 0, 0, 0]  # blue low
+    assert stack[1, 0, 0, 0] > stack[1, 0, 0, 2]  # red high
     np.testing.assert_array_equal(colour_map(high), stack[0])  # alone, a flat map is its own minimum
     image = np.full((4, 4, 3), 100, np.uint8)
     expected = ((1 - 0.45) * image + 0.45 * colour_map(high)).astype(np.uint8)
@@ -59,6 +65,7 @@ def _messy_folder(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_predict_folder_converts_skips_and_writes_incrementally(exported_model: Path, tmp_path: Path) -> None:
+    """Grayscale and RGBA images are converted, non-images skipped, and a second run appends to the CSV."""
     folder = _messy_folder(tmp_path / "images")
     results = predict_folder(exported_model, folder, tmp_path / "out")
     assert [row["image"] for row in results] == ["a_rgb.png", "b_gray.jpg", "c_rgba.png"]
@@ -75,11 +82,13 @@ def test_predict_folder_converts_skips_and_writes_incrementally(exported_model: 
 
 
 def test_empty_folder_is_not_an_error(exported_model: Path, tmp_path: Path) -> None:
+    """A folder with no images gives no rows rather than an error."""
     (tmp_path / "empty").mkdir()
     assert predict_folder(exported_model, tmp_path / "empty", tmp_path / "out") == []
 
 
 def test_missing_folder_is_named(exported_model: Path, tmp_path: Path) -> None:
+    """A folder that does not exist is named in the error."""
     with pytest.raises(FileNotFoundError, match="nowhere"):
         predict_folder(exported_model, tmp_path / "nowhere", tmp_path / "out")
 
@@ -99,7 +108,14 @@ def test_predict_folder_command(exported_model: Path, tmp_path: Path) -> None:
         "--output",
         str(tmp_path / "out"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    result = subprocess.run(  # noqa: S603  # the package's console script, an argument list
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped d_notes.txt" in result.stdout
     assert "3 images scored" in result.stdout
@@ -119,7 +135,7 @@ def test_exported_size_is_enforced_with_a_clear_error(exported_model: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def trained_rd4ad(texture_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained_rd4ad(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RD4AD, MVTecStyle, Path]:
     """RD4AD fitted for one epoch on the tiny brick set, with its checkpoint."""
     from anomalib_ext.data import MVTecStyle
     from tests.helpers import make_engine
@@ -133,7 +149,10 @@ def trained_rd4ad(texture_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
-def test_int8_export_is_quantized_and_close_to_fp32(trained_rd4ad, tmp_path: Path) -> None:
+def test_int8_export_is_quantized_and_close_to_fp32(
+    trained_rd4ad: tuple[RD4AD, MVTecStyle, Path],
+    tmp_path: Path,
+) -> None:
     """NNCF INT8 (calibrated on training images) really quantises, and keeps the maps close to fp32."""
     model, datamodule, _ = trained_rd4ad
     fp32 = ExportedModel(export_openvino(model, tmp_path, 64))
@@ -151,16 +170,17 @@ def test_int8_export_is_quantized_and_close_to_fp32(trained_rd4ad, tmp_path: Pat
     assert np.corrcoef(maps32, weights_only(images)["anomaly_map"].ravel())[0, 1] > 0.98
     # anomalib's inferencer and the folder predictor take the INT8 model as they take the fp32 one
     rows = predict_folder(int8_path, texture_root_images(datamodule), tmp_path / "out", overlays=False)
-    assert rows and all(np.isfinite(row["score"]) for row in rows)
+    assert rows
+    assert all(np.isfinite(row["score"]) for row in rows)
 
 
-def texture_root_images(datamodule) -> Path:
+def texture_root_images(datamodule: MVTecStyle) -> Path:
     """The folder of the brick set's test images of one defect type."""
     return Path(datamodule.root) / "test" / "scratch"
 
 
 @pytest.mark.slow
-def test_checkpoint_saved_on_gpu_loads_on_cpu(trained_rd4ad, tmp_path: Path) -> None:
+def test_checkpoint_saved_on_gpu_loads_on_cpu(trained_rd4ad: tuple[RD4AD, MVTecStyle, Path], tmp_path: Path) -> None:
     """A checkpoint whose tensors are tagged ``cuda:0`` (as saved on a GPU) tests on a CPU-only machine."""
     import torch
 
@@ -190,7 +210,7 @@ def save_as_if_on_gpu(state: dict, path: Path) -> None:
     """``torch.save`` with every storage's location tagged ``cuda:0`` (what a GPU run writes)."""
     import torch
 
-    registry = torch.serialization._package_registry
+    registry = torch.serialization._package_registry  # noqa: SLF001  # torch's only hook for storage locations
     entry = (-1, lambda _storage: "cuda:0", lambda _storage, _location: None)
     registry.insert(0, entry)
     try:

@@ -9,18 +9,21 @@ evaluator.test_metrics.4.fpr_limit"). Checkpoints are written with Lightning's o
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Trainer
 
 from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 from anomalib_ext.benchmark import build_model
 from anomalib_ext.components.evaluation import StatelessEvaluator, default_evaluator, default_test_metrics
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib.models.components import AnomalibModule
 
 LITE0 = ("blocks.1", "blocks.2", "blocks.4")
 # Tiny, offline constructions (random backbones: nothing is read from disk).
@@ -57,7 +60,7 @@ def pre_fix_benchmark_evaluator() -> Evaluator:
     return Evaluator(test_metrics=default_test_metrics())
 
 
-def benchmark_model(model_cls: type[AnomalibModule], **overrides: Any) -> AnomalibModule:
+def benchmark_model(model_cls: type[AnomalibModule], **overrides) -> AnomalibModule:
     """The model as ``anomalib-ext benchmark`` builds it (its ``build_model``), tiny."""
     extra = {**TINY[model_cls], "visualizer": False, **overrides}
     return build_model(model_cls, None, None, IMAGE_SIZE.get(model_cls, 64), extra)
@@ -72,6 +75,7 @@ def save_checkpoint(model: AnomalibModule, path: Path) -> Path:
 
 
 def assert_same_weights(restored: AnomalibModule, original: AnomalibModule) -> None:
+    """The restored model has the original's tensors, thresholds included; the evaluator's are not checkpointed."""
     expected = {k: v for k, v in original.state_dict().items() if not k.startswith("evaluator.")}
     actual = {k: v for k, v in restored.state_dict().items() if not k.startswith("evaluator.")}
     assert actual.keys() == expected.keys()
@@ -81,7 +85,8 @@ def assert_same_weights(restored: AnomalibModule, original: AnomalibModule) -> N
 
 @pytest.mark.parametrize("model_cls", CLASSES)
 def test_benchmark_checkpoint_loads_with_the_class_load_from_checkpoint(
-    model_cls: type[AnomalibModule], tmp_path: Path
+    model_cls: type[AnomalibModule],
+    tmp_path: Path,
 ) -> None:
     """A model built with the benchmark's evaluator (AUPRO) loads with ``Model.load_from_checkpoint(path)``."""
     model = benchmark_model(model_cls)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
-from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
 from torch.utils.data import DataLoader
 
@@ -14,20 +13,31 @@ from anomalib_ext import RD4AD
 from anomalib_ext.components.feature_cache import FeatureCacheError, FrozenFeatureCache
 from tests.helpers import make_engine
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib.models.components import AnomalibModule
+
+    from anomalib_ext.data import MVTecStyle
+
 
 class CountingTeacher(torch.nn.Module):
+    """A tiny frozen network that counts the images it has been run on."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 4, 3)
         self.images_seen = 0
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Two 'layers': a conv map and its spatial mean."""
         self.images_seen += len(images)
         features = self.conv(images)
         return [features, features.mean(dim=(2, 3))]
 
 
 def test_cached_features_are_the_computed_ones_and_the_teacher_runs_once() -> None:
+    """A second request, in another order, is served from the cache with exactly the computed tensors."""
     teacher, cache = CountingTeacher(), FrozenFeatureCache()
     images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     keys = [f"img{i}.png" for i in range(4)]
@@ -37,11 +47,13 @@ def test_cached_features_are_the_computed_ones_and_the_teacher_runs_once() -> No
         expected = teacher(images)
     assert teacher.images_seen == 4 + 4  # the first call, then the reference above
     for cached, reordered, computed in zip(first, again, expected, strict=True):
-        assert torch.equal(cached, computed) and torch.equal(reordered, computed.flip(0))
+        assert torch.equal(cached, computed)
+        assert torch.equal(reordered, computed.flip(0))
     assert (cache.hits, cache.misses, len(cache)) == (4, 4, 4)
 
 
 def test_a_changed_image_is_refused_not_served_stale() -> None:
+    """An augmented image under a cached key raises, naming the image, instead of reusing stale features."""
     cache = FrozenFeatureCache()
     images = torch.rand(2, 3, 8, 8)
     cache.features(["a", "b"], images, CountingTeacher())
@@ -52,11 +64,13 @@ def test_a_changed_image_is_refused_not_served_stale() -> None:
 
 
 def test_the_budget_caps_what_is_kept() -> None:
+    """Entries past ``max_bytes`` are not kept; a key list of the wrong length is refused."""
     per_image = (4 * 6 * 6 + 4) * 4  # bytes of one image's two feature tensors (float32)
     cache = FrozenFeatureCache(max_bytes=3 * per_image)
     teacher = CountingTeacher()
     cache.features([f"{i}" for i in range(5)], torch.rand(5, 3, 8, 8), teacher)
-    assert len(cache) == 3 and cache.bytes == 3 * per_image
+    assert len(cache) == 3
+    assert cache.bytes == 3 * per_image
     with pytest.raises(ValueError, match="one key per image"):
         cache.features(["only one"], torch.rand(2, 3, 8, 8), teacher)
 
@@ -78,7 +92,7 @@ def build(name: str, cache: bool) -> AnomalibModule:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rd4ad", "uniad"])
-def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule, tmp_path: Path) -> None:
+def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """Two epochs in a fixed batch order (f32, CPU): the same weights, bit for bit, with the teacher run once per image.
 
     The fixed order keeps each batch's composition the same in both runs, so the comparison

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +12,9 @@ from PIL import Image
 
 from anomalib_ext.data import DatasetError, MVTecStyle
 from anomalib_ext.data.image_cache import DecodedImageCache
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _item_tensors(datamodule: MVTecStyle) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -29,15 +32,19 @@ def test_cached_items_equal_uncached_ones(texture_root: Path) -> None:
     cached = MVTecStyle(texture_root / "brick", **options)
     uncached = MVTecStyle(texture_root / "brick", cache_images=False, **options)
     first, reference = _item_tensors(cached), _item_tensors(uncached)
-    assert len(cached.image_cache) > 0 and len(uncached.image_cache) == 0
+    assert len(cached.image_cache) > 0
+    assert len(uncached.image_cache) == 0
     second = _item_tensors(cached)
     for (image, mask), (image2, _mask2), (ref_image, ref_mask) in zip(first, second, reference, strict=True):
-        assert image.shape == (3, 48, 48) and image.dtype == torch.float32
-        assert torch.equal(image, ref_image) and torch.equal(image2, ref_image)
+        assert image.shape == (3, 48, 48)
+        assert image.dtype == torch.float32
+        assert torch.equal(image, ref_image)
+        assert torch.equal(image2, ref_image)
         assert (mask is None and ref_mask is None) or torch.equal(mask, ref_mask)
 
 
 def test_changed_file_is_read_again(tmp_path: Path) -> None:
+    """A file rewritten in place is decoded again, and its stale entry is dropped."""
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     cache = DecodedImageCache()
@@ -45,21 +52,25 @@ def test_changed_file_is_read_again(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(path)
     os.utime(path, ns=(1, 10**18))  # a new modification time even on coarse-clock file systems
     assert int(cache.image(path, (4, 4)).min()) == 200
-    assert len(cache) == 1 and cache.bytes == 3 * 4 * 4  # the stale entry was dropped
+    assert len(cache) == 1  # the stale entry was dropped
+    assert cache.bytes == 3 * 4 * 4
 
 
 def test_cache_respects_its_budget(tmp_path: Path) -> None:
+    """Entries past ``max_bytes`` are not stored, yet the image is still served from its file."""
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(paths[-1])
     cache = DecodedImageCache(max_bytes=2 * 3 * 8 * 8)
     images = [cache.image(path, None) for path in paths]
-    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert len(cache) == 2
+    assert cache.bytes <= cache.max_bytes
     assert torch.equal(cache.image(paths[2], None), images[2])  # past the budget: still served, from the file
 
 
 def test_truncated_image_is_named_by_the_cache(tmp_path: Path) -> None:
+    """A truncated image read through the cache fails naming the file."""
     path = tmp_path / "cut.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:40])
@@ -68,11 +79,13 @@ def test_truncated_image_is_named_by_the_cache(tmp_path: Path) -> None:
 
 
 def test_cache_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
-    import pickle
+    """The cache pickles with its entries (for spawned data-loader workers) and works after unpickling."""
+    import pickle  # noqa: S403  # a round trip of our own object, as spawned workers receive it
 
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     cache = DecodedImageCache()
     cache.image(path, None)
-    restored = pickle.loads(pickle.dumps(cache))
-    assert len(restored) == 1 and torch.equal(restored.image(path, None), cache.image(path, None))
+    restored = pickle.loads(pickle.dumps(cache))  # noqa: S301  # data this test just pickled
+    assert len(restored) == 1
+    assert torch.equal(restored.image(path, None), cache.image(path, None))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,11 +18,15 @@ from lightning.pytorch import seed_everything
 from anomalib_ext import RD4AD
 from anomalib_ext.deploy import ExportedModel, compile_openvino, compiled_precision
 
+if TYPE_CHECKING:
+    from anomalib_ext.data import MVTecStyle
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "anomalib_ext"
 RUNTIME = SRC / "deploy" / "runtime.py"
 
 
 def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bf16 on this machine."""
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -48,11 +53,13 @@ def test_bf16_is_bf16_where_the_cpu_has_it(exported_rd4ad: tuple[RD4AD, Path]) -
 
 
 def test_unknown_precision_is_refused(exported_rd4ad: tuple[RD4AD, Path]) -> None:
+    """A precision outside f32, bf16 and f16 is refused by name."""
     with pytest.raises(ValueError, match="'f64' is not a valid InferencePrecision"):
         ExportedModel(exported_rd4ad[1], precision="f64")
 
 
 def test_converted_models_are_compiled_with_the_hint_too() -> None:
+    """An in-memory ``ov.Model`` compiles at the explicit f32 hint too, not only an ``.xml`` path."""
     import openvino as ov
 
     converted = ov.convert_model(torch.nn.Conv2d(3, 4, 3).eval(), example_input=torch.rand(1, 3, 8, 8))
@@ -66,14 +73,14 @@ def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
         str(path.relative_to(SRC.parent.parent))
         for folder in (SRC, Path(__file__).parent)
         for path in folder.rglob("*.py")
-        if path not in (RUNTIME, Path(__file__).resolve()) and pattern.search(path.read_text())
+        if path not in {RUNTIME, Path(__file__).resolve()} and pattern.search(path.read_text())
     ]
     assert not offenders, f"compile OpenVINO through anomalib_ext.deploy.compile_openvino instead: {offenders}"
     assert "inference_precision" in RUNTIME.read_text()
 
 
 @pytest.mark.slow
-def test_precision_rows_score_the_same_weights(tiny_datamodule, tmp_path: Path) -> None:
+def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """The f32 row reproduces torch's AUROC of the same inference graph; bf16 and INT8 rows are there and sane."""
     from anomalib_ext.benchmark.precision import precision_rows
     from anomalib_ext.callbacks import score_test_set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,35 +13,49 @@ from torch.utils.data import DataLoader, Dataset
 
 from anomalib_ext.benchmark.profile import StepProfiler, frozen_networks
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 DATA_SLEEP, TEACHER_SLEEP = 0.02, 0.03
 
 
 class SlowData(Dataset):
+    """Four 8-vectors, each taking ``DATA_SLEEP`` seconds to load."""
+
     def __len__(self) -> int:
+        """Four items: four steps per epoch at batch size 1."""
         return 4
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """A vector filled with ``index``, after the data delay."""
         time.sleep(DATA_SLEEP)  # one item per batch: every step waits this long for its data
         return torch.full((8,), float(index))
 
 
 class SlowTeacher(nn.Module):
+    """A frozen linear layer whose forward pass takes ``TEACHER_SLEEP`` seconds longer."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.layer = nn.Linear(8, 8).requires_grad_(False)
+        self.layer = nn.Linear(8, 8).requires_grad_(requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output, after the teacher delay."""
         time.sleep(TEACHER_SLEEP)
         return self.layer(x)
 
 
 class Distillation(LightningModule):
+    """A trained student matching the slow frozen teacher, with automatic or manual optimisation."""
+
     def __init__(self, manual: bool = False) -> None:
         super().__init__()
         self.model = nn.ModuleDict({"teacher": SlowTeacher(), "student": nn.Linear(8, 8)})
         self.automatic_optimization = not manual
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """The squared student-teacher gap; under manual optimisation, also its backward and SGD step."""
+        del batch_idx  # Lightning's signature
         loss = (self.model["teacher"](batch) - self.model["student"](batch)).pow(2).mean()
         if self.automatic_optimization:
             return loss
@@ -51,15 +66,18 @@ class Distillation(LightningModule):
         return None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD on the student only."""
         return torch.optim.SGD(self.model["student"].parameters(), lr=0.1)
 
 
 def test_frozen_networks_are_the_untrainable_children() -> None:
+    """Only the child whose parameters are all frozen counts as a frozen network."""
     assert list(frozen_networks(Distillation().model)) == ["teacher"]
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path) -> None:
+def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path: Path) -> None:
+    """Data wait, frozen forward and the rest each land in their own column, in both optimisation modes."""
     profiler = StepProfiler()
     trainer = Trainer(
         max_epochs=2,
@@ -79,6 +97,7 @@ def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path) -> None:
         assert 1000 * DATA_SLEEP <= row["data ms"] < 1000 * (DATA_SLEEP + TEACHER_SLEEP)
         assert 1000 * TEACHER_SLEEP <= row["frozen fwd ms"] < 1000 * (TEACHER_SLEEP + DATA_SLEEP)
         assert 0 < row["trained fwd ms"] < 1000 * DATA_SLEEP
-        assert row["backward ms"] > 0 and row["optimiser ms"] > 0
+        assert row["backward ms"] > 0
+        assert row["optimiser ms"] > 0
         assert row["compute s"] <= row["train epoch s"]
         assert row["epoch / compute"] >= 1.0

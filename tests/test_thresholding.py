@@ -39,7 +39,12 @@ LABELS = torch.tensor([label for _, _, label in SCORES.values()])
 def image_batch(scores: torch.Tensor, labels: torch.Tensor = LABELS) -> SimpleNamespace:
     """The fields anomalib's post-processor reads and writes, for image-level scores only."""
     return SimpleNamespace(
-        pred_score=scores.clone(), gt_label=labels, anomaly_map=None, gt_mask=None, pred_label=None, pred_mask=None
+        pred_score=scores.clone(),
+        gt_label=labels,
+        anomaly_map=None,
+        gt_mask=None,
+        pred_label=None,
+        pred_mask=None,
     )
 
 
@@ -71,6 +76,7 @@ def test_anomalib_threshold_sits_on_a_score_and_one_ulp_flips_a_label() -> None:
 
 
 def test_midpoint_gives_the_same_labels_in_both_runs_and_the_f1_optimum() -> None:
+    """On the DDP failure's scores, the midpoint threshold labels both runs alike, at the F1 optimum."""
     post_processor = validate(MidpointPostProcessor())
     labels_ddp, f1_ddp = labels_and_f1(post_processor, DDP)
     labels_single, f1_single = labels_and_f1(post_processor, SINGLE)
@@ -79,6 +85,7 @@ def test_midpoint_gives_the_same_labels_in_both_runs_and_the_f1_optimum() -> Non
 
 
 def test_midpoint_labels_survive_a_few_ulps_on_every_score() -> None:
+    """Moving every score 8 ulps up or down changes no label under the midpoint threshold."""
     post_processor = validate(MidpointPostProcessor())
     expected, _ = labels_and_f1(post_processor, DDP)
     for direction in (float("inf"), float("-inf")):
@@ -89,6 +96,7 @@ def test_midpoint_labels_survive_a_few_ulps_on_every_score() -> None:
 
 
 def test_threshold_lies_halfway_to_the_next_lower_score() -> None:
+    """Where anomalib puts the threshold on a score (0.8), ours sits halfway to the next lower one (0.5)."""
     scores, labels = torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])
     ours = MidpointF1AdaptiveThreshold(fields=["pred_score", "gt_label"])
     theirs = F1AdaptiveThreshold(fields=["pred_score", "gt_label"])
@@ -99,6 +107,7 @@ def test_threshold_lies_halfway_to_the_next_lower_score() -> None:
 
 
 def test_threshold_on_the_lowest_score_mirrors_the_gap_above() -> None:
+    """A threshold on the lowest score moves down by half the gap to the next score up."""
     scores = torch.tensor([1.0, 2.0, 3.0])
     assert float(midpoint_threshold(scores, torch.tensor(1.0))) == pytest.approx(0.5)
 
@@ -112,11 +121,13 @@ def test_adjacent_floats_keep_the_partition() -> None:
 
 
 def test_single_distinct_score_is_left_alone() -> None:
+    """With one distinct score there is no gap, and the threshold stays where anomalib put it."""
     assert float(midpoint_threshold(torch.full((4,), 3.0), torch.tensor(3.0))) == 3.0
 
 
 @pytest.mark.parametrize("labels", [torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)])
 def test_one_class_fallbacks_are_anomalibs(labels: torch.Tensor) -> None:
+    """With only normal or only anomalous labels, the threshold is anomalib's own, bit for bit."""
     scores = torch.tensor([0.1, 0.2, 0.8, 0.9])
     ours = MidpointF1AdaptiveThreshold(fields=["pred_score", "gt_label"])
     theirs = F1AdaptiveThreshold(fields=["pred_score", "gt_label"])
@@ -126,6 +137,7 @@ def test_one_class_fallbacks_are_anomalibs(labels: torch.Tensor) -> None:
 
 
 def test_pixel_threshold_is_a_midpoint_too() -> None:
+    """The post-processor's pixel threshold is a midpoint as well."""
     anomaly_map = torch.tensor([[[[0.1, 0.2], [0.8, 0.9]]]])
     gt_mask = torch.tensor([[[[0, 0], [1, 1]]]])
     post_processor = MidpointPostProcessor()

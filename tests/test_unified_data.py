@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -15,11 +15,14 @@ from anomalib_ext.callbacks import PerCategoryMetrics
 from anomalib_ext.data import DatasetError, UnifiedMultiClass
 from tests.helpers import fit_and_test
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_category_folders(texture_root: Path, tmp_path: Path) -> None:
-    """root (+categories) and explicit roots are joined; missing folders and duplicate names fail clearly."""
+    """Root (+categories) and explicit roots are joined; missing folders and duplicate names fail clearly."""
     assert [p.name for p in UnifiedMultiClass.category_folders(texture_root, None, None)] == ["brick", "grass"]
     folders = UnifiedMultiClass.category_folders(texture_root, ["grass"], [texture_root / "brick"])
     assert [p.name for p in folders] == ["grass", "brick"]
@@ -37,7 +40,8 @@ def test_one_train_set_without_labels(texture_root: Path) -> None:
     datamodule.setup("fit")
     train, test = datamodule.train_data.samples, datamodule.test_data.samples
     assert sorted(train.category.unique()) == ["brick", "grass"]
-    assert len(train) == 16 and (train.label_index == 0).all()
+    assert len(train) == 16
+    assert (train.label_index == 0).all()
     assert len(test) == 2 * (4 + 3 * 2)
     assert set(datamodule.image_categories.values()) == {"brick", "grass"}
     item = datamodule.train_data[0]

@@ -9,7 +9,7 @@ The models are imported on first access (``anomalib_ext.RD4AD``), not with the p
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -19,17 +19,18 @@ if TYPE_CHECKING:
     from .models.rstpm import RSTPM
     from .models.uniad import UniAD
 
-_MODELS = {
-    "RD4AD": ".models.rd4ad",
-    "RSTPM": ".models.rstpm",
-    "EfficientADOffline": ".models.efficientad",
-    "UniAD": ".models.uniad",
-}
 __all__: list[str] = ["RD4AD", "RSTPM", "EfficientADOffline", "UniAD"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type:
     """Import a model class on first access (PEP 562)."""
-    if name in _MODELS:
-        return getattr(importlib.import_module(_MODELS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    modules = {
+        "RD4AD": ".models.rd4ad",
+        "RSTPM": ".models.rstpm",
+        "EfficientADOffline": ".models.efficientad",
+        "UniAD": ".models.uniad",
+    }
+    if name in modules:
+        return getattr(importlib.import_module(modules[name], __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

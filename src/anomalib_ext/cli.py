@@ -28,11 +28,12 @@ import functools
 import importlib
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Sequence
+
     from anomalib.cli.cli import AnomalibCLI
 
 # sub-command -> "module:function" taking argv and returning an exit code; imported lazily
@@ -50,7 +51,7 @@ QUIET_MODULES = r"(anomalib|timm)(\..*)?"
 
 
 @contextmanager
-def third_party_future_warnings_hidden() -> Iterator[None]:
+def third_party_future_warnings_hidden() -> Generator[None, None, None]:
     """Hide FutureWarnings raised from anomalib's and timm's own modules while a command runs.
 
     Scoped (``warnings.catch_warnings``) so that calling :func:`main` in-process leaves the caller's
@@ -68,7 +69,7 @@ def _load(target: str) -> Callable[[list[str]], int]:
 
 @functools.cache
 def anomalib_cli_class() -> type[AnomalibCLI]:
-    """anomalib's ``AnomalibCLI`` with :class:`~anomalib_ext.plugins.DeviceSafeCheckpointIO` as default.
+    """Anomalib's ``AnomalibCLI`` with :class:`~anomalib_ext.plugins.DeviceSafeCheckpointIO` as default.
 
     Built on first use so that dispatching to one of our tools does not import anomalib's CLI.
     """

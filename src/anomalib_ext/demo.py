@@ -16,9 +16,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from anomalib.models import AnomalibModule
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,9 +44,9 @@ def save_heatmaps(batches: list[Any], folder: Path, per_label: int = 3) -> list[
     The map and the overlay are :mod:`anomalib_ext.deploy.heatmap`'s (the colouring ``predict-folder``
     and the benchmark's figures use); matplotlib only lays the panels out.
     """
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
@@ -82,14 +85,13 @@ def save_heatmaps(batches: list[Any], folder: Path, per_label: int = 3) -> list[
     return written
 
 
-def model_class(name: str) -> Any:
+def model_class(name: str) -> type[AnomalibModule]:
     """The model class of ``anomalib_ext`` called ``name``; a ``SystemExit`` naming the choices otherwise."""
     import anomalib_ext
 
     if name not in anomalib_ext.__all__:
-        raise SystemExit(
-            f"anomalib-ext demo: unknown --model {name!r}; choose one of {', '.join(anomalib_ext.__all__)}"
-        )
+        msg = f"anomalib-ext demo: unknown --model {name!r}; choose one of {', '.join(anomalib_ext.__all__)}"
+        raise SystemExit(msg)
     return getattr(anomalib_ext, name)
 
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key:14s} {metrics[key]:.3f}")
     print(
         f"  OpenVINO vs torch: max map difference {parity['max_map_difference']:.2e}, "
-        f"max score difference {parity['max_score_difference']:.2e}"
+        f"max score difference {parity['max_score_difference']:.2e}",
     )
     print(f"  OpenVINO model:   {parity['openvino_model']}")
     print(f"  Heatmaps:         {len(heatmaps)} files in {output / 'heatmaps'}")

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anomalib_ext.deploy.heatmap import colour_map
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import ModuleType
+
+    from matplotlib.figure import Figure
+
 
 def heatmap_grid(
-    images: np.ndarray, masks: np.ndarray | None, maps: Mapping[str, np.ndarray], target: Path, title: str = ""
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    maps: Mapping[str, np.ndarray],
+    target: Path,
+    title: str = "",
 ) -> Path:
     """One row per test image: the image, its ground-truth mask, then each model's anomaly map.
 
@@ -24,6 +33,7 @@ def heatmap_grid(
             The colouring is :func:`anomalib_ext.deploy.heatmap.colour_map`, the one the demo and
             ``predict-folder`` use, applied to the model's N maps at once.
         target: PNG to write.
+        title: figure title above the grid; none when empty.
     """
     plt = _pyplot()
     if images.ndim != 4 or images.shape[1] != 3:
@@ -67,7 +77,11 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
         auroc = 100 * float(record["image AUROC"])
         axis.scatter(record["torch_ms"], auroc, marker="o", color="tab:blue")
         axis.annotate(
-            str(record["model"]), (record["torch_ms"], auroc), fontsize=8, xytext=(4, 4), textcoords="offset points"
+            str(record["model"]),
+            (record["torch_ms"], auroc),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
         )
         if record.get("openvino_ms") is not None:
             axis.scatter(record["openvino_ms"], auroc, marker="s", color="tab:orange")
@@ -84,17 +98,17 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], target: Path, titl
     return _save(figure, target)
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
-    import matplotlib
+def _pyplot() -> ModuleType:
+    """Matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(figure: Any, target: Path) -> Path:
+def _save(figure: Figure, target: Path) -> Path:
     plt = _pyplot()
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomalib.engine.plugins import AnomalibCheckpointIO
 from lightning.fabric.plugins import CheckpointIO
 
+if TYPE_CHECKING:
+    import torch
+    from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE, _PATH
 
-def _storage_on_cpu(storage: Any, _location: str) -> Any:
+
+def _storage_on_cpu(storage: torch.UntypedStorage, _location: str) -> torch.UntypedStorage:
     return storage
 
 
@@ -27,12 +31,17 @@ class DeviceSafeCheckpointIO(AnomalibCheckpointIO):
         >>> engine = Engine(plugins=[DeviceSafeCheckpointIO()])  # doctest: +SKIP
     """
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool = True) -> dict[str, Any]:
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: _MAP_LOCATION_TYPE = None,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
         """Load with storages on the CPU unless a ``map_location`` is given."""
         return super().load_checkpoint(path, map_location=map_location or _storage_on_cpu, weights_only=weights_only)
 
 
-def with_device_safe_checkpoint_io(plugins: Any = None, strategy: Any = None) -> Any:
+def with_device_safe_checkpoint_io(plugins: object = None, strategy: object = None) -> object:
     """``plugins`` plus a :class:`DeviceSafeCheckpointIO`, unless a checkpoint IO is already chosen.
 
     Used for the ``anomalib-ext`` CLI's trainer so that ``--ckpt_path`` of a GPU checkpoint works
@@ -56,7 +65,8 @@ def with_device_safe_checkpoint_io(plugins: Any = None, strategy: Any = None) ->
         entries = [plugins]
     # the private slot: Lightning strategies expose a default ``checkpoint_io`` property even when none was given
     if any(isinstance(plugin, CheckpointIO) for plugin in entries) or isinstance(
-        getattr(strategy, "_checkpoint_io", None), CheckpointIO
+        getattr(strategy, "_checkpoint_io", None),
+        CheckpointIO,
     ):
         return plugins
     return [*entries, DeviceSafeCheckpointIO()]

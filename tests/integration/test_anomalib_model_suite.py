@@ -24,9 +24,9 @@ Differences, none of which changes the sequence:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import timm
@@ -35,13 +35,17 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from anomalib.models import get_model
-from anomalib.models.components import AnomalibModule
 
 # Imported (not only `import anomalib_ext`, which loads models lazily) so that the classes exist as
 # AnomalibModule subclasses, which is where anomalib's get_model(name) looks for them.
 from anomalib_ext import RD4AD, RSTPM, EfficientADOffline, UniAD
 from anomalib_ext.components.backbone import WEIGHTS_DIR_ENV, split_timm_name
 from anomalib_ext.models.efficientad.torch_model import make_pdn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anomalib.models.components import AnomalibModule
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +126,10 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def fitted(
-    request: pytest.FixtureRequest, weights_dir: Path, dataset_root: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    weights_dir: Path,
+    dataset_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fitted]:
     """Step 1 of the suite (``test_fit``): fit the default model once; the other steps reuse its checkpoint."""
     model_name: str = request.param
@@ -177,7 +184,7 @@ def test_predict(fitted: Fitted) -> None:
     predictions = engine.predict(model=model, ckpt_path=fitted.checkpoint, datamodule=datamodule)
     assert predictions
     assert sum(len(batch.pred_score) for batch in predictions) == len(
-        list((fitted.dataset_root / CATEGORY / "test").rglob("*.png"))
+        list((fitted.dataset_root / CATEGORY / "test").rglob("*.png")),
     )
     assert all(batch.anomaly_map is not None for batch in predictions)
 

@@ -1,0 +1,1 @@
+"""Per-model tests: construction, training logic, options and OpenVINO parity of each model."""

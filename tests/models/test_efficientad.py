@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +21,12 @@ from anomalib_ext.models.efficientad import EfficientADModel, EfficientADOffline
 from anomalib_ext.models.efficientad.loss import hard_feature_loss, penalty_loss
 from anomalib_ext.models.efficientad.teacher import distill_teacher, load_teacher_file
 from tests.helpers import assert_openvino_parity, fit_and_test
+
+if TYPE_CHECKING:
+    from anomalib_ext.data import MVTecStyle
+
+    # the model after fit_and_test, its data module, its test metrics and its run folder
+    Trained = tuple[EfficientADOffline, MVTecStyle, dict[str, float], Path]
 
 SIZE = 128
 
@@ -40,7 +47,8 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "brick"
 
 
-def make_datamodule(root: Path):
+def make_datamodule(root: Path) -> MVTecStyle:
+    """The category at ``root`` at 128 px, training batches of 3 (above one, unlike the paper), no workers."""
     from anomalib_ext.data import MVTecStyle
 
     return MVTecStyle(root, image_size=SIZE, train_batch_size=3, eval_batch_size=4, num_workers=0, holdout_fraction=0.1)
@@ -54,7 +62,7 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(small_root: Path, teacher_file: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained(small_root: Path, teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One short fit + test with the distilled teacher and batch size 3; shared by several tests."""
     seed_everything(0, workers=True)
     model = EfficientADOffline(teacher_weights=str(teacher_file), image_size=SIZE)
@@ -75,6 +83,7 @@ def trained(small_root: Path, teacher_file: Path, tmp_path_factory: pytest.TempP
 
 
 def test_quantile_is_exact_and_has_no_size_limit() -> None:
+    """``quantile`` equals ``torch.quantile``, and still works past torch's 16M-element limit."""
     values = torch.rand(10_001, generator=torch.Generator().manual_seed(0))
     for q in (0.0, 0.5, 0.9, 0.995, 0.999, 1.0):
         torch.testing.assert_close(quantile(values, q), torch.quantile(values, q))
@@ -83,6 +92,7 @@ def test_quantile_is_exact_and_has_no_size_limit() -> None:
 
 
 def test_hard_loss_averages_only_the_top_tenth_percent() -> None:
+    """The hard feature loss averages only the distances at or above their 0.999 quantile."""
     distance = torch.zeros(1, 10, 10, 100)  # 10,000 elements
     distance.view(-1)[:10] = torch.arange(1.0, 11.0)  # the 10 largest: the 0.999 quantile keeps them
     loss = hard_feature_loss(distance)
@@ -92,6 +102,7 @@ def test_hard_loss_averages_only_the_top_tenth_percent() -> None:
 
 
 def test_penalty_is_mean_square_of_teacher_channels_and_reaches_the_student() -> None:
+    """The penalty: mean square of the student's teacher channels on a natural image; it trains the student only."""
     torch.manual_seed(0)
     model = EfficientADModel("small", out_channels=8, image_size=SIZE)
     images, natural = torch.rand(2, 3, SIZE, SIZE), torch.rand(1, 3, SIZE, SIZE)
@@ -102,13 +113,16 @@ def test_penalty_is_mean_square_of_teacher_channels_and_reaches_the_student() ->
     output = torch.randn(1, 16, 4, 4)
     assert float(penalty_loss(output, 8)) == pytest.approx(float(output[:, :8].pow(2).mean()))
     terms["penalty"].backward()
-    assert model.student.conv1.weight.grad is not None and model.teacher.conv1.weight.grad is None
+    assert model.student.conv1.weight.grad is not None
+    assert model.teacher.conv1.weight.grad is None
     assert set(model.losses(images, None)) == {"hard", "ae", "stae"}
 
 
 def test_distilled_teacher_is_loadable(teacher_file: Path) -> None:
+    """A distilled teacher file loads into the model, and so does the reproduction's ``nn.Sequential`` layout."""
     stored = torch.load(teacher_file, map_location="cpu", weights_only=True)
-    assert stored["meta"]["backbone"] == "efficientnet_lite0" and stored["mean"].shape == (1, 384, 1, 1)
+    assert stored["meta"]["backbone"] == "efficientnet_lite0"
+    assert stored["mean"].shape == (1, 384, 1, 1)
     model = EfficientADOffline(teacher_weights=str(teacher_file))
     model.load_teacher()
     torch.testing.assert_close(model.model.teacher.conv4.weight, stored["conv4.weight"])
@@ -123,6 +137,7 @@ def test_distilled_teacher_is_loadable(teacher_file: Path) -> None:
 
 
 def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No teacher file fails pointing to ``distill-teacher``; a wrong path fails naming it."""
     monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(TeacherWeightsError, match="distill-teacher"):
         EfficientADOffline().load_teacher()
@@ -131,24 +146,28 @@ def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.slow
-def test_tiny_fit_and_test_with_batch_size_above_one(trained) -> None:
+def test_tiny_fit_and_test_with_batch_size_above_one(trained: Trained) -> None:
+    """A fit with batch size 3 gives finite metrics, the seeded AUROC and real teacher statistics."""
     model, _, metrics, _ = trained
     assert set(metrics) >= {"image_AUROC", "pixel_AUROC"}
     assert all(np.isfinite(value) for value in metrics.values())
     # seed 0, float32 on the CPU (the teacher's 2 distillation steps are seeded too): 5 of 6 pairs ranked right
     assert metrics["image_AUROC"] == pytest.approx(5 / 6, abs=1e-6)
-    assert torch.all(model.model.teacher_std > 0) and not torch.all(model.model.teacher_mean == 0)
+    assert torch.all(model.model.teacher_std > 0)
+    assert not torch.all(model.model.teacher_mean == 0)
 
 
 @pytest.mark.slow
-def test_map_quantiles_come_from_held_out_train_images(trained) -> None:
+def test_map_quantiles_come_from_held_out_train_images(trained: Trained) -> None:
+    """The map quantiles are taken before validation and after training, from held-out training images only."""
     model, datamodule, _, _ = trained
     assert any("validat" in stage for stage in model.quantile_calls)  # before the in-fit validation
     assert "train" in model.quantile_calls[-1]  # and once more at on_train_end; never in test
     holdout = datamodule.holdout_data
     assert set(holdout.samples.split) == {"train"}
     held = set(holdout.samples.image_path)
-    assert held and held.isdisjoint(datamodule.train_data.samples.image_path)  # not trained on
+    assert held
+    assert held.isdisjoint(datamodule.train_data.samples.image_path)  # not trained on
     assert held.isdisjoint(datamodule.test_data.samples.image_path)
     q_st, q_ae = model.model.q_st.clone(), model.model.q_ae.clone()
     model.eval()
@@ -160,6 +179,7 @@ def test_map_quantiles_come_from_held_out_train_images(trained) -> None:
 
 
 def test_batched_channels_last_inference_matches_single_images() -> None:
+    """A batch scores as its images do one by one, and the channels-last inference path gives the same maps."""
     torch.manual_seed(0)
     model = EfficientADModel("small", image_size=SIZE).eval()
     model.set_map_quantiles(torch.tensor([0.1, 0.5]), torch.tensor([0.2, 0.4]))
@@ -174,7 +194,8 @@ def test_batched_channels_last_inference_matches_single_images() -> None:
 
 
 @pytest.mark.slow
-def test_checkpoint_loads_with_weights_only(trained) -> None:
+def test_checkpoint_loads_with_weights_only(trained: Trained) -> None:
+    """A checkpoint loads with ``weights_only=True`` into a model built with no teacher file, and predicts the same."""
     model, _, _, root = trained
     checkpoints = sorted(root.rglob("*.ckpt"))
     assert checkpoints, "the engine wrote no checkpoint"
@@ -190,23 +211,27 @@ def test_checkpoint_loads_with_weights_only(trained) -> None:
 
 
 @pytest.mark.slow
-def test_openvino_parity(trained, tmp_path: Path) -> None:
+def test_openvino_parity(trained: Trained, tmp_path: Path) -> None:
+    """The trained model's OpenVINO export matches eager torch."""
     model, _, _, _ = trained
     assert_openvino_parity(model, tmp_path, (SIZE, SIZE), atol=1e-4)
 
 
 @pytest.mark.slow
 def test_cli_fit_and_teacher_entry_point(small_root: Path, tmp_path: Path) -> None:
+    """The teacher tool answers ``--help``, and ``anomalib fit`` trains ``anomalib_ext.EfficientADOffline``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    teacher_help = subprocess.run(
-        [sys.executable, "-m", "anomalib_ext.models.efficientad.teacher", "--help"],
+    teacher_command = [sys.executable, "-m", "anomalib_ext.models.efficientad.teacher", "--help"]
+    teacher_help = subprocess.run(  # noqa: S603  # this interpreter, an argument list
+        teacher_command,
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
         check=False,
     )
-    assert teacher_help.returncode == 0 and "--backbone" in teacher_help.stdout
+    assert teacher_help.returncode == 0
+    assert "--backbone" in teacher_help.stdout
     anomalib = Path(sys.executable).with_name("anomalib")
     command = [
         str(anomalib),
@@ -238,5 +263,13 @@ def test_cli_fit_and_teacher_entry_point(small_root: Path, tmp_path: Path) -> No
         "--default_root_dir",
         str(tmp_path),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, check=False, cwd=tmp_path)
+    result = subprocess.run(  # noqa: S603  # anomalib's console script, an argument list
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +16,11 @@ from anomalib_ext.models.rd4ad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.rd4ad.loss import RD4ADLoss
 from anomalib_ext.models.rd4ad.torch_model import DeResNetDecoder, OneClassBottleneck, RD4ADModel
 from tests.helpers import assert_openvino_parity, fit_and_test
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib_ext.data import MVTecStyle
 
 LITE0 = {"backbone": "efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
 RESNET18 = {"backbone": "resnet18", "layers": ("layer1", "layer2", "layer3")}
@@ -86,6 +91,7 @@ def test_student_activation_follows_the_teacher() -> None:
 
 
 def test_student_mirrors_the_teacher_for_any_backbone() -> None:
+    """The student decoder returns features shaped like the teacher's, for a ResNet and for Lite0."""
     for kwargs in (RESNET18, LITE0):
         model = RD4ADModel(pre_trained=False, **kwargs).train()
         teacher, student = model(torch.rand(2, 3, 64, 64))
@@ -93,6 +99,7 @@ def test_student_mirrors_the_teacher_for_any_backbone() -> None:
 
 
 def test_loss_is_one_cosine_over_the_flattened_map() -> None:
+    """The default loss is 1 - cosine of each level's whole flattened map, summed over levels (not per pixel)."""
     loss = RD4ADLoss()
     t = torch.rand(2, 4, 3, 3)
     assert loss([t], [t]).item() == pytest.approx(0.0, abs=1e-6)
@@ -124,8 +131,10 @@ def test_options_parse_to_strenums_and_hparams_drive_the_optimiser() -> None:
     model = RD4AD(**LITE0, pre_trained=False, student_activation="none", loss_form=LossForm.PER_PIXEL)
     assert model.loss.form is LossForm.PER_PIXEL
     assert model.model.student_relu == [False, False, False]
-    assert model.hparams.loss_form == "per_pixel" and type(model.hparams.loss_form) is str
-    assert type(model.hparams.student_activation) is str and type(model.hparams.anomaly_map_mode) is str
+    assert model.hparams.loss_form == "per_pixel"
+    assert type(model.hparams.loss_form) is str
+    assert type(model.hparams.student_activation) is str
+    assert type(model.hparams.anomaly_map_mode) is str
     model.hparams.lr = 0.01
     assert model.configure_optimizers().defaults["lr"] == 0.01
     with pytest.raises(ValueError, match="loss_form"):
@@ -135,6 +144,7 @@ def test_options_parse_to_strenums_and_hparams_drive_the_optimiser() -> None:
 
 
 def test_map_sums_layers_and_smooths_with_a_33_pixel_kernel() -> None:
+    """The map sums 1 - per-pixel cosine over the levels and blurs it with sigma 4 (a 33-pixel kernel)."""
     generator = AnomalyMapGenerator(mode="add", sigma=4)
     assert generator.blur.kernel.shape[-2:] == (33, 33)
     t = [torch.rand(1, 8, 16, 16), torch.rand(1, 8, 8, 8)]
@@ -144,6 +154,7 @@ def test_map_sums_layers_and_smooths_with_a_33_pixel_kernel() -> None:
 
 
 def test_teacher_stays_frozen_and_optimiser_follows_the_official_recipe() -> None:
+    """The teacher stays in eval mode without gradients, and Adam (lr 0.005, betas 0.5/0.999) skips it."""
     model = _tiny_model()
     model.train()
     assert not model.model.encoder.feature_extractor.training
@@ -156,7 +167,7 @@ def test_teacher_stays_frozen_and_optimiser_follows_the_official_recipe() -> Non
 
 
 @pytest.mark.slow
-def test_train_test_export_and_checkpoint(tiny_datamodule, tmp_path: Path) -> None:
+def test_train_test_export_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """Two epochs (4 steps) on the tiny brick set, then checkpoint reload and OpenVINO parity.
 
     Four steps are too few for a chance-level bound, so the image AUROC is pinned to the value

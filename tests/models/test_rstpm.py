@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -27,6 +28,11 @@ from anomalib_ext.models.rstpm.stages import resolve_stage1_epochs
 from anomalib_ext.models.rstpm.torch_model import LossMode, ScoreMap, Student2Input, Student2Variant
 from tests.ddp_worker import StagesSeen
 from tests.helpers import assert_openvino_parity, fit_and_test, make_engine
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+    from anomalib_ext.data import MVTecStyle
 
 LITE0 = {
     "teacher1": "efficientnet_lite0",
@@ -59,6 +65,7 @@ def test_attention_gate_forms(form: str) -> None:
 
 
 def test_attention_gate_rejects_unknown_form() -> None:
+    """An attention form other than ``*`` and ``+`` is refused, naming the argument and the value."""
     with pytest.raises(ValueError, match="form='-'"):
         AttentionGate(8, form="-")
 
@@ -95,6 +102,7 @@ def test_student2_resizes_to_uneven_teacher_grids() -> None:
 
 @pytest.mark.parametrize("attention", ["*", "*+*", "*-", ""])
 def test_student2_rejects_bad_attention(attention: str) -> None:
+    """Attention strings of the wrong length or with an unknown form are refused."""
     with pytest.raises(ValueError, match="attention"):
         ReconstructionStudent(16, [4, 8, 12], attention=attention)
 
@@ -107,7 +115,8 @@ def test_student2_outputs_signed_only_where_teacher_is(layout: str) -> None:
     with torch.no_grad():
         shallow, middle, deep = student(torch.randn(2, 16, 2, 2), teacher)
     assert float(shallow.min()) >= 0.0
-    assert float(middle.min()) < 0.0 and float(deep.min()) < 0.0
+    assert float(middle.min()) < 0.0
+    assert float(deep.min()) < 0.0
     if layout == "deconv_basic_block":  # same parameters as BasicBlock, so state dicts keep their keys
         assert isinstance(student.stages[0][-1], SignedBasicBlock)
     with pytest.raises(ValueError, match="one flag per target layer"):
@@ -136,7 +145,8 @@ def test_map_fusion_follows_eq1() -> None:
     assert summed.shape == (2, 3, *size)
     for i in range(3):
         torch.testing.assert_close(
-            summed[:, i : i + 1], distance_map(t1[i], s1[i], size) + distance_map(t2[i], s2[i], size)
+            summed[:, i : i + 1],
+            distance_map(t1[i], s1[i], size) + distance_map(t2[i], s2[i], size),
         )
     logits = torch.randn(2, 2, *size)
     maps = AnomalyMapGenerator()(summed, logits)
@@ -150,7 +160,7 @@ def test_losses() -> None:
     features = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
     assert float(StudentTeacherLoss()(features, features)) < 1e-6
     assert float(StudentTeacherLoss()(features, [-f for f in features])) == pytest.approx(
-        2 * 2 * (0.5 * 4)
+        2 * 2 * (0.5 * 4),
     )  # layers x batch x per-pixel 2
     mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
     confident = torch.stack([1 - mask[:, 0], mask[:, 0]], dim=1) * 20 - 10
@@ -161,7 +171,8 @@ def test_pseudo_anomalies(tmp_path: Path) -> None:
     """Perlin fallback and a texture folder both give masks; a missing folder is an error, not a download."""
     images = torch.rand(4, 3, 32, 32)
     augmented, mask = make_pseudo_anomaly_generator("perlin", probability=1.0)(images)
-    assert augmented.shape == images.shape and mask.shape == (4, 1, 32, 32)
+    assert augmented.shape == images.shape
+    assert mask.shape == (4, 1, 32, 32)
     assert float(mask.amax(dim=(1, 2, 3)).min()) == 1.0
     assert torch.equal(augmented * (1 - mask), images * (1 - mask))
 
@@ -208,10 +219,13 @@ def test_defaults_are_paper_teachers_and_fail_offline(tmp_path: Path, monkeypatc
     with pytest.raises(BackboneWeightsError, match=r"resnet18\.tv_in1k"):
         RSTPM()
     model = RSTPM(pre_trained=False, visualizer=False)
-    assert model.hparams.teacher1 == "resnet18.tv_in1k" and model.hparams.teacher2 == "resnet50.tv_in1k"
-    assert model.hparams.stage1_epochs is None and model.stage1_epochs is None  # no trainer: nothing resolved
+    assert model.hparams.teacher1 == "resnet18.tv_in1k"
+    assert model.hparams.teacher2 == "resnet50.tv_in1k"
+    assert model.hparams.stage1_epochs is None  # no trainer: nothing resolved
+    assert model.stage1_epochs is None
     assert model.trainer_arguments == {"num_sanity_val_steps": 0}  # the trainer keeps its max_epochs
-    assert model.hparams.score_pooling == "max" and type(model.hparams.loss_mode) is str
+    assert model.hparams.score_pooling == "max"
+    assert type(model.hparams.loss_mode) is str
 
 
 @pytest.mark.parametrize(
@@ -228,11 +242,19 @@ def test_defaults_are_paper_teachers_and_fail_offline(tmp_path: Path, monkeypatc
         (-1, 3, 10, 1, 1),
     ],
 )
-def test_resolve_stage1_epochs(max_epochs, max_steps, batches, steps_per_batch, expected) -> None:
+def test_resolve_stage1_epochs(
+    max_epochs: int | None,
+    max_steps: int,
+    batches: float,
+    steps_per_batch: int,
+    expected: int,
+) -> None:
+    """Stage 1 gets a quarter of the trainer's epoch or step budget, rounded half up, at least one epoch."""
     assert resolve_stage1_epochs(max_epochs, max_steps, batches, steps_per_batch) == expected
 
 
 def test_resolve_stage1_epochs_needs_a_bound() -> None:
+    """With no epoch or step bound, or batches of unknown count, stage 1's length cannot be derived."""
     with pytest.raises(ValueError, match="unbounded"):
         resolve_stage1_epochs(-1, -1, 10)
     with pytest.raises(ValueError, match="stage1_epochs"):
@@ -240,6 +262,7 @@ def test_resolve_stage1_epochs_needs_a_bound() -> None:
 
 
 def test_argument_checks() -> None:
+    """Inconsistent options fail at construction, each naming its argument."""
     with pytest.raises(ValueError, match="one layer more"):
         RSTPM(**{**TINY, "layers1": LITE0["layers2"]})
     with pytest.raises(ValueError, match="loss_mode"):
@@ -259,9 +282,11 @@ def test_argument_checks() -> None:
 def test_options_accept_enums_and_strings() -> None:
     """StrEnum members and their plain values are interchangeable; hparams keep plain strings."""
     model = tiny_model(loss_mode=LossMode.SPLIT, student2_input="direct", score_map=ScoreMap.DISCRIMINATOR)
-    assert model.model.loss_mode is LossMode.SPLIT and model.model.student2_input is Student2Input.DIRECT
+    assert model.model.loss_mode is LossMode.SPLIT
+    assert model.model.student2_input is Student2Input.DIRECT
     assert model.model.detach_student2_input
-    assert model.hparams.loss_mode == "split" and type(model.hparams.loss_mode) is str
+    assert model.hparams.loss_mode == "split"
+    assert type(model.hparams.loss_mode) is str
     model.model.score_map = "student_teacher"  # switchable after training
     assert model.model.score_map is ScoreMap.STUDENT_TEACHER
     with pytest.raises(ValueError, match="score_map"):
@@ -294,7 +319,7 @@ def test_image_score_pooling() -> None:
     torch.testing.assert_close(image_score(both, ScorePooling.MEAN_POOL_MAX), torch.tensor([1 / 441, 1.0]))
 
     class Pooled(nn.Module):
-        def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:  # noqa: PLR6301  # what torch.export traces
             return image_score(anomaly_map, ScorePooling.MEAN_POOL_MAX)
 
     exported = torch.export.export(Pooled(), (blob,)).module()
@@ -302,8 +327,10 @@ def test_image_score_pooling() -> None:
 
 
 def test_teachers_stay_frozen_in_eval_mode() -> None:
+    """Both teachers stay in eval mode without gradients while the model trains."""
     model = tiny_model().model.train()
-    assert not model.teacher1.training and not model.teacher2.training
+    assert not model.teacher1.training
+    assert not model.teacher2.training
     assert not any(p.requires_grad for p in [*model.teacher1.parameters(), *model.teacher2.parameters()])
 
 
@@ -316,7 +343,8 @@ class ParameterSnapshots(Callback):
     def __init__(self) -> None:
         self.epochs: list[dict[str, object]] = []
 
-    def on_train_epoch_end(self, trainer, pl_module: RSTPM) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: RSTPM) -> None:
+        """Store the epoch, the stage and a flat copy of each sub-network's parameters."""
         parts = {"student1": pl_module.model.student1, "student2": pl_module.model.student2}
         parts["discriminator"] = pl_module.model.discriminator
         snapshot: dict[str, object] = {"epoch": trainer.current_epoch, "stage": pl_module.stage}
@@ -328,7 +356,7 @@ def _changed(before: dict, after: dict, name: str) -> bool:
     return not torch.equal(before[name], after[name])
 
 
-def _stage_run(model: RSTPM, datamodule, root: Path, **trainer_kwargs) -> list[int]:
+def _stage_run(model: RSTPM, datamodule: MVTecStyle, root: Path, **trainer_kwargs) -> list[int]:
     """Fit one batch per epoch under anomalib's Engine and return the stage seen at each epoch start."""
     stages = StagesSeen()
     engine = make_engine(root, callbacks=[stages], limit_train_batches=1, limit_val_batches=0, **trainer_kwargs)
@@ -346,13 +374,20 @@ def _stage_run(model: RSTPM, datamodule, root: Path, **trainer_kwargs) -> list[i
         ({"stage1_epochs": 2}, {"max_epochs": 3}, [1, 1, 2]),  # explicit stage 1
     ],
 )
-def test_stages_follow_the_trainer_budget(tiny_datamodule, tmp_path: Path, options, trainer_kwargs, expected) -> None:
+def test_stages_follow_the_trainer_budget(
+    tiny_datamodule: MVTecStyle,
+    tmp_path: Path,
+    options: dict[str, Any],
+    trainer_kwargs: dict[str, Any],
+    expected: list[int],
+) -> None:
+    """Under anomalib's Engine the stages split the trainer's own budget; an explicit ``stage1_epochs`` wins."""
     model = tiny_model(**options)
     assert _stage_run(model, tiny_datamodule, tmp_path, **trainer_kwargs) == expected
 
 
 @pytest.mark.slow
-def test_split_direct_trains_every_student1_parameter(tiny_datamodule, tmp_path: Path) -> None:
+def test_split_direct_trains_every_student1_parameter(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """With split losses and the direct input, student1's deepest layer is trained by pair 1's loss.
 
     Weight decay is off, so a parameter only moves if a loss reaches it: before the fix, the layers
@@ -366,7 +401,7 @@ def test_split_direct_trains_every_student1_parameter(tiny_datamodule, tmp_path:
 
 
 @pytest.mark.slow
-def test_two_stage_fit_and_test(tiny_datamodule, tmp_path: Path) -> None:
+def test_two_stage_fit_and_test(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """Stage 1 trains only the students, stage 2 only the discriminator; test metrics come out.
 
     One epoch per stage is too little for a chance-level bound: the image AUROC is the value
@@ -384,16 +419,19 @@ def test_two_stage_fit_and_test(tiny_datamodule, tmp_path: Path) -> None:
     assert metrics["image_AUROC"] == pytest.approx(17 / 24, abs=1e-6)
     stage1, stage2 = snapshots.epochs
     assert (stage1["stage"], stage2["stage"]) == (1, 2)
-    assert _changed(initial, stage1, "student1") and not _changed(initial, stage1, "discriminator")
-    assert not _changed(stage1, stage2, "student1") and not _changed(stage1, stage2, "student2")
+    assert _changed(initial, stage1, "student1")
+    assert not _changed(initial, stage1, "discriminator")
+    assert not _changed(stage1, stage2, "student1")
+    assert not _changed(stage1, stage2, "student2")
     assert _changed(stage1, stage2, "discriminator")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "options", [{"loss_mode": "split", "student2_input": "direct"}, {"student2_variant": "rstpm2", "attention": "none"}]
+    "options",
+    [{"loss_mode": "split", "student2_input": "direct"}, {"student2_variant": "rstpm2", "attention": "none"}],
 )
-def test_ablation_options_train(tiny_datamodule, tmp_path: Path, options: dict) -> None:
+def test_ablation_options_train(tiny_datamodule: MVTecStyle, tmp_path: Path, options: dict) -> None:
     """Ablations are switches: split losses (two SGDs) with the direct input, RSTPM-2 without attention."""
     model = tiny_model(**options)
     snapshots = ParameterSnapshots()
@@ -403,14 +441,15 @@ def test_ablation_options_train(tiny_datamodule, tmp_path: Path, options: dict) 
 
 
 @pytest.mark.slow
-def test_resume_in_stage2(tiny_datamodule, tmp_path: Path) -> None:
+def test_resume_in_stage2(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """A checkpoint saved in stage 2 resumes in stage 2 (epoch, optimiser state), students stay as saved."""
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     model = tiny_model()  # max_epochs=3: stage 1 = epoch 0 (a quarter, rounded half up to 1)
     make_engine(tmp_path / "first", max_epochs=3, callbacks=[checkpoints]).fit(model=model, datamodule=tiny_datamodule)
     stage2_checkpoint = tmp_path / "ckpt" / "epoch=1.ckpt"
     saved = torch.load(stage2_checkpoint, map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 1 and len(saved["optimizer_states"]) == 2
+    assert saved["epoch"] == 1
+    assert len(saved["optimizer_states"]) == 2
     assert saved["optimizer_states"][1]["state"], "Adam state of the discriminator was not saved"
 
     resumed = tiny_model()
@@ -424,12 +463,13 @@ def test_resume_in_stage2(tiny_datamodule, tmp_path: Path) -> None:
             v.flatten()
             for k, v in saved["state_dict"].items()
             if k.startswith("model.student1.") and "num_batches" not in k and "running" not in k
-        ]
+        ],
     )
     torch.testing.assert_close(student1, expected)
 
     loaded = RSTPM.load_from_checkpoint(stage2_checkpoint, weights_only=True)
-    assert loaded.hparams.stage1_epochs is None and loaded.hparams.attention == "*+"
+    assert loaded.hparams.stage1_epochs is None
+    assert loaded.hparams.attention == "*+"
 
 
 @pytest.mark.slow
@@ -463,7 +503,13 @@ def test_cli_fit_runs_both_stages(texture_root: Path, tmp_path: Path) -> None:
         "--trainer.max_epochs", "4",
         "--default_root_dir", str(tmp_path),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(  # noqa: S603  # anomalib's console script, an argument list
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     checkpoints = sorted(tmp_path.rglob("*.ckpt"), key=lambda path: path.stat().st_mtime)

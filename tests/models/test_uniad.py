@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -25,6 +26,9 @@ from anomalib_ext.models.uniad import PositionEmbedding
 from anomalib_ext.models.uniad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.uniad.torch_model import DEFAULT_BACKBONE, LearnedPositionEmbedding, SinePositionEmbedding
 from tests.helpers import assert_openvino_parity, fit_and_test
+
+if TYPE_CHECKING:
+    from anomalib_ext.data import MVTecStyle
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "uniad"
 TINY = {
@@ -183,9 +187,12 @@ def test_default_recipe_matches_official() -> None:
     """EfficientNet-b4 stages 1-4 (272 ch), 14x14, 256 hidden, 4+4 layers, 8 heads, AdamW, StepLR, clip 0.1."""
     model = UniAD(pre_trained=False)
     net = model.model
-    assert net.input_proj.in_features == 272 and net.input_proj.out_features == 256
-    assert net.grid_size == (14, 14) and net.attention_mask.shape == (196, 196)
-    assert len(net.encoder) == 4 and len(net.decoder) == 4
+    assert net.input_proj.in_features == 272
+    assert net.input_proj.out_features == 256
+    assert net.grid_size == (14, 14)
+    assert net.attention_mask.shape == (196, 196)
+    assert len(net.encoder) == 4
+    assert len(net.decoder) == 4
     assert net.encoder[0].self_attn.num_heads == 8
     assert net.encoder[0].ffn[0].out_features == 1024
     assert (net.jitter.scale, net.jitter.prob) == (20.0, 1.0)
@@ -195,7 +202,8 @@ def test_default_recipe_matches_official() -> None:
     config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert optimizer.defaults["lr"] == 1e-4 and optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults["lr"] == 1e-4
+    assert optimizer.defaults["weight_decay"] == 1e-4
     assert (scheduler.step_size, scheduler.gamma) == (800, 0.1)
     assert model.input_size == (224, 224)
     # the official lukemelas 'efficientnet-b4' weights are the TF AutoAugment checkpoint, not timm's default
@@ -203,11 +211,14 @@ def test_default_recipe_matches_official() -> None:
 
 
 def test_options_and_hparams() -> None:
-    """pos_embed parses to the StrEnum, is stored as a plain string, bad values name the argument;
-    the optimiser and scheduler read hparams."""
+    """``pos_embed`` parses to the StrEnum and is stored as a plain string; bad values name the argument.
+
+    The optimiser and the scheduler read their settings from hparams.
+    """
     model = tiny_model(pre_trained=False, pos_embed=PositionEmbedding.SINE)
     assert isinstance(model.model.pos_embed, SinePositionEmbedding)
-    assert model.hparams.pos_embed == "sine" and type(model.hparams.pos_embed) is str
+    assert model.hparams.pos_embed == "sine"
+    assert type(model.hparams.pos_embed) is str
     assert isinstance(tiny_model(pre_trained=False, pos_embed="learned").model.pos_embed, LearnedPositionEmbedding)
     with pytest.raises(ValueError, match="pos_embed"):
         tiny_model(pre_trained=False, pos_embed="rotary")
@@ -243,7 +254,7 @@ def test_configs_match_signature() -> None:
 
 
 @pytest.mark.slow
-def test_fit_test_and_checkpoint(tiny_datamodule, tmp_path: Path) -> None:
+def test_fit_test_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """One epoch trains the transformer only; the checkpoint reloads with weights_only=True and predicts the same.
 
     Even one epoch on the pretrained Lite0 features ranks the brick defects well above chance
@@ -291,7 +302,14 @@ def test_cli_train(texture_root: Path, tmp_path: Path) -> None:
         "--default_root_dir", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
+    result = subprocess.run(  # noqa: S603  # anomalib's console script, an argument list
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     for key in ("image_AUROC/brick", "image_AUROC/grass", "image_AUROC/mean"):

@@ -31,6 +31,7 @@ from .spec import describe, select, spec_commands
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the benchmark's command line (``sys.argv`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(prog="anomalib-ext benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
@@ -65,7 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         type=json.loads,
         default=[],
-        help='after testing, test again with torch-model attributes set, one JSON object each: \'{"score_map": "discriminator"}\'',
+        help=(
+            "after testing, test again with torch-model attributes set, one JSON object each: "
+            '\'{"score_map": "discriminator"}\''
+        ),
     )
     parser.add_argument(
         "--deploy-precisions",
@@ -73,13 +77,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also score the OpenVINO export at f32, bf16 and INT8 (accuracy and batch-1 latency, same weights)",
     )
     parser.add_argument(
-        "--curve-every", type=int, default=0, help="score the test split every N epochs (the training curve); 0: off"
+        "--curve-every",
+        type=int,
+        default=0,
+        help="score the test split every N epochs (the training curve); 0: off",
     )
     parser.add_argument(
         "--train-precision",
         default="32-true",
         choices=("32-true", "bf16-mixed"),
-        help="Lightning training precision; bf16-mixed autocasts to bfloat16 (on CPU: fast only with AVX-512 BF16 / AMX)",
+        help="Lightning training precision; bf16-mixed autocasts to bfloat16 (fast on CPUs with AVX-512 BF16 / AMX)",
     )
     parser.add_argument(
         "--precision",
@@ -91,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a ``--spec`` table row by row, or benchmark each model in turn and append the rows. Returns the exit code."""
     spec = argparse.ArgumentParser(add_help=False)
     spec.add_argument("--spec", type=Path, default=None)
     spec.add_argument("--dry-run", action="store_true")
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:
-        title = f"{Path(args.data).name}, {args.backbone or 'default backbones'}, {args.image_size} px, {args.epochs} epochs"
+        backbone = args.backbone or "default backbones"
+        title = f"{Path(args.data).name}, {backbone}, {args.image_size} px, {args.epochs} epochs"
         for path in write_plots(rows, args.plots, title):
             print(f"Wrote {path}")
     return 0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Generator
+
+    from anomalib.models import AnomalibModule
+    from anomalib.models.components import TimmFeatureExtractor
+    from anomalib.pre_processing import PreProcessor
 
 # anomalib built-ins: where their frozen ImageNet backbone lives (the rest stays randomly initialised)
 ANOMALIB_FROZEN_BACKBONE = {
@@ -35,7 +41,7 @@ def resolve_model_class(name: str) -> type:
 
 
 @contextlib.contextmanager
-def weights_never_downloaded() -> Iterator[None]:
+def weights_never_downloaded() -> Generator[None, None, None]:
     """Build anomalib models with every ``TimmFeatureExtractor`` at random init.
 
     Some built-ins hard-code ``pre_trained=True`` (``STFPMModel``'s teacher), which asks the hub
@@ -45,7 +51,7 @@ def weights_never_downloaded() -> Iterator[None]:
 
     original = feature_extractors.TimmFeatureExtractor.__init__
 
-    def offline_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    def offline_init(self: TimmFeatureExtractor, *args, **kwargs) -> None:
         kwargs["pre_trained"] = False
         original(self, *args, **kwargs)
 
@@ -57,8 +63,12 @@ def weights_never_downloaded() -> Iterator[None]:
 
 
 def build_model(
-    model_cls: Any, backbone: str | None, layers: list[str] | None, image_size: int, extra: dict[str, Any]
-) -> Any:
+    model_cls: type[AnomalibModule],
+    backbone: str | None,
+    layers: list[str] | None,
+    image_size: int,
+    extra: dict[str, Any],
+) -> AnomalibModule:
     """Instantiate ``model_cls`` offline at ``image_size``, with AUPRO in its evaluator."""
     from anomalib_ext.components.backbone import check_backbone_name, load_into, pretrained_state_dict
     from anomalib_ext.components.evaluation import default_evaluator
@@ -85,7 +95,7 @@ def build_model(
     return model
 
 
-def model_backbone(model: Any, requested: str | None) -> str:
+def model_backbone(model: AnomalibModule, requested: str | None) -> str:
     """The backbone(s) ``model`` was built with, from its hyper-parameters, else what was asked for.
 
     A row must never name the model class as its backbone: when neither is known, say so.
@@ -100,7 +110,7 @@ def model_backbone(model: Any, requested: str | None) -> str:
     return " + ".join(resolved) if resolved else "model default"
 
 
-def builtin_pre_processor(backbone: str, image_size: int) -> Any:
+def builtin_pre_processor(backbone: str, image_size: int) -> PreProcessor:
     """Resize and normalise with ``backbone``'s own statistics (TF EfficientNet-Lite: (x - 127) / 128)."""
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Compose, Normalize, Resize

@@ -9,7 +9,7 @@ pixel AUROC from the exported outputs, and the median batch-1 latency.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,10 +19,16 @@ from anomalib_ext.deploy.runtime import ExportedModel, cpu_supports
 
 from .timing import median_ms
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anomalib.data import AnomalibDataModule, Batch
+    from anomalib.models import AnomalibModule
+
 VARIANTS = (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32"), ("int8-weights", "f32"))
 
 
-def score_exported(exported: ExportedModel, dataloader: Any) -> tuple[float, float | None]:
+def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tuple[float, float | None]:
     """Image AUROC of ``pred_score`` and pixel AUROC of ``anomaly_map`` over a test loader."""
     from torchmetrics.functional.classification import binary_auroc
 
@@ -41,17 +47,25 @@ def score_exported(exported: ExportedModel, dataloader: Any) -> tuple[float, flo
 
 def batch1_ms(exported: ExportedModel, image_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time of one image through the compiled model."""
-
     image = np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
     return median_ms(lambda: exported(image), repeats, warmup, sync=lambda: None)
 
 
-def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Path) -> list[dict[str, Any]]:
+def precision_rows(
+    model: AnomalibModule,
+    datamodule: AnomalibDataModule,
+    image_size: int,
+    export_root: Path,
+) -> list[dict[str, Any]]:
     """One row per (IR, inference precision) in :data:`VARIANTS`; bf16 rows say when the CPU lacks bf16."""
     paths = {
         "fp32": export_openvino(model, export_root, image_size),
         "int8": export_openvino(
-            model, export_root, image_size, precision="int8", calibration=datamodule.train_dataloader()
+            model,
+            export_root,
+            image_size,
+            precision="int8",
+            calibration=datamodule.train_dataloader(),
         ),
         "int8-weights": export_openvino(model, export_root, image_size, precision="int8-weights"),
     }
@@ -68,7 +82,7 @@ def precision_rows(model: Any, datamodule: Any, image_size: int, export_root: Pa
                 "pixel AUROC": pixel_auroc if pixel_auroc is not None else "n/a",
                 "batch-1 latency": f"{batch1_ms(exported, image_size):.1f} ms",
                 "bf16 on this CPU": cpu_supports("BF16"),
-            }
+            },
         )
     return rows
 
@@ -96,14 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     model_cls: Any = resolve_model_class(args.model)
     model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu")
     datamodule = MVTecStyle(
-        args.data, image_size=args.image_size, train_batch_size=args.batch_size, eval_batch_size=args.batch_size
+        args.data,
+        image_size=args.image_size,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
     )
     datamodule.setup()
     for row in precision_rows(model.eval(), datamodule, args.image_size, args.work_dir):
-        row = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
-        print(row)
+        labelled = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
+        print(labelled)
         if args.output:
-            append_row(args.output, args.section, row, DEPLOY_COLUMNS)
+            append_row(args.output, args.section, labelled, DEPLOY_COLUMNS)
     return 0
 
 

@@ -30,11 +30,15 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
+
+if TYPE_CHECKING:
+    from anomalib.data import Batch
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 PROFILE_COLUMNS = [
     "model",
@@ -100,15 +104,19 @@ class StepProfiler(Callback):
         self._validation = self._validation_start = 0.0
 
     # ------------------------------------------------------------------ frozen-network hooks
-    def _frozen_pre(self, *_: Any) -> None:
+    def _frozen_pre(self, *_: object) -> None:
+        """Forward pre-hook of a frozen network (its module and inputs are not needed)."""
         self._frozen_start = self._now()
 
-    def _frozen_post(self, *_: Any) -> None:
+    def _frozen_post(self, *_: object) -> None:
+        """Forward hook of a frozen network: add its forward time (module, inputs, output not needed)."""
         if self._step_start and self._frozen_start:
             self._sums["frozen"] += self._now() - self._frozen_start
         self._frozen_start = 0.0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Hook the frozen networks' forward passes; synchronise the clock on a GPU."""
+        del trainer  # Lightning's hook signature; not needed here
         self._sync = pl_module.device.type == "cuda"
         networks = self.frozen if self.frozen is not None else frozen_networks(getattr(pl_module, "model", pl_module))
         for network in networks.values():
@@ -116,16 +124,22 @@ class StepProfiler(Callback):
             self._handles.append(network.register_forward_hook(self._frozen_post))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Remove the forward hooks, leaving the model as it was."""
+        del trainer, pl_module  # Lightning's hook signature; not needed here
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
     # ------------------------------------------------------------------ step phases
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Zero the epoch's sums and start its clock."""
+        del trainer, pl_module  # Lightning's hook signature; not needed here
         self._reset_epoch()
         self._epoch_start = self._last_end = self._now()
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, batch_idx: int) -> None:
+        """The step starts: the time since the last step ended was spent waiting for this batch."""
+        del trainer, pl_module, batch, batch_idx  # Lightning's hook signature; only the time matters
         now = self._now()
         self._sums["data"] += now - self._last_end
         self._step_start = self._mark = now
@@ -133,6 +147,8 @@ class StepProfiler(Callback):
         self._in_optimizer = False
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        """The forward pass (or, under manual optimisation, an optimiser step) ends: count it."""
+        del trainer, pl_module, loss  # Lightning's hook signature; only the time matters
         now = self._now()
         if self._in_optimizer:  # manual optimisation: an optimiser stepped since the last backward
             self._sums["optimiser"] += now - self._mark
@@ -144,18 +160,33 @@ class StepProfiler(Callback):
         self._mark = now
 
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The backward pass ends: count it."""
+        del trainer, pl_module  # Lightning's hook signature; only the time matters
         now = self._now()
         self._sums["backward"] += now - self._mark
         self._mark = now
 
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
         """Called right before ``optimizer.step`` updates the weights (after the closure's backward)."""
+        del trainer, pl_module, optimizer  # Lightning's hook signature; only the time matters
         self._mark = self._now()
         self._in_optimizer = True
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Batch,
+        batch_idx: int,
     ) -> None:
+        """The step ends: count the optimiser step (or a step with no backward) and the whole step."""
+        del trainer, pl_module, outputs, batch, batch_idx  # Lightning's hook signature; only the time matters
         now = self._now()
         if self._in_optimizer:
             self._sums["optimiser"] += now - self._mark
@@ -168,13 +199,19 @@ class StepProfiler(Callback):
         self._step_start = 0.0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the validation clock."""
+        del trainer, pl_module  # Lightning's hook signature; only the time matters
         self._validation_start = self._now()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Add the validation time to the epoch's, so that it can be taken out of the training time."""
+        del trainer, pl_module  # Lightning's hook signature; only the time matters
         if self._epoch_start:  # in-fit validation: it runs inside the training epoch, before its end hook
             self._validation += self._now() - self._validation_start
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the epoch's row: mean milliseconds per step of each part, training and validation seconds."""
+        del pl_module  # Lightning's hook signature; not needed here
         wall = self._now() - self._epoch_start - self._validation
         steps = max(1, self._steps)
         sums = self._sums
@@ -194,7 +231,7 @@ class StepProfiler(Callback):
                 "train epoch s": wall,
                 "epoch / compute": wall / compute if compute > 0 else float("nan"),
                 "validation s": self._validation,
-            }
+            },
         )
 
 
@@ -237,7 +274,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         "train precision": args.train_precision,
         "hardware": hardware(),
         "load": load,
-        "date": dt.date.today().isoformat(),
+        "date": dt.datetime.now().astimezone().date().isoformat(),  # the local date, as date.today()
     }
     return [{**common, **epoch} for epoch in profiler.epochs]
 
@@ -255,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 " | ".join(
                     f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}"
                     for key, value in row.items()
-                )
+                ),
             )
             if args.output:
                 append_row(args.output, args.section, row, PROFILE_COLUMNS)

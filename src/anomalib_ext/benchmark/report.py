@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.data import AnomalibDataModule
+    from anomalib.models import AnomalibModule
 
 COLUMNS = (
     "model",
@@ -46,19 +52,20 @@ def curve_text(points: list[tuple[int, float, float | None]]) -> str:
 
 
 def variant_label(variant: dict[str, Any]) -> str:
+    """``key=value, ...``: the attributes a variant row changed, as shown after the model name."""
     return ", ".join(f"{key}={value}" for key, value in variant.items())
 
 
-def format_cell(value: Any) -> str:
+def format_cell(value: object) -> str:
     """Metrics as percentages with one decimal, everything else as text."""
     if isinstance(value, float):
         return f"{100 * value:.1f}"
     return str(value)
 
 
-def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> None:
+def append_row(path: Path, section: str, row: dict[str, Any], columns: Sequence[str] = COLUMNS) -> None:
     """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     line = "| " + " | ".join(format_cell(row.get(column, "")) for column in columns) + " |\n"
     title = f"## {section}\n"
@@ -74,10 +81,10 @@ def append_row(path: Path, section: str, row: dict[str, Any], columns: tuple[str
         table_end = body.rfind("|\n") + 2
         body = body[:table_end] + line + body[table_end:]
         text = text[:start] + body + text[end:]
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
 
 
-def grid_maps(model: Any, datamodule: Any, count: int) -> dict[str, Any]:
+def grid_maps(model: AnomalibModule, datamodule: AnomalibDataModule, count: int) -> dict[str, Any]:
     """The model's anomaly maps on ``count`` test images spread over the (sorted, fixed) test set."""
     import numpy as np
 

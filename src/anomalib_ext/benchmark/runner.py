@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,8 +15,17 @@ from .models import build_model, model_arguments, model_backbone, resolve_model_
 from .report import DEPLOY_COLUMNS, append_row, curve_text, grid_maps, variant_label
 from .timing import hardware, measure_latency
 
+if TYPE_CHECKING:
+    import argparse
 
-def make_datamodule(args: argparse.Namespace, model_cls: Any) -> Any:
+    from anomalib.data import AnomalibDataModule
+    from anomalib.engine import Engine
+    from anomalib.models import AnomalibModule
+
+    from anomalib_ext.data import MVTecStyle
+
+
+def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -> MVTecStyle:
     """The row's data: ``args.data`` as an MVTec-style module at the row's size, with the model's data arguments."""
     from anomalib_ext.data import MVTecStyle
 
@@ -64,7 +72,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
     torch_ms, ov_ms = measure_latency(
-        model, args.image_size, work / "export", "cuda" if accelerator == "gpu" else "cpu", args.precision
+        model,
+        args.image_size,
+        work / "export",
+        "cuda" if accelerator == "gpu" else "cpu",
+        args.precision,
     )
     row = {
         "model": args.label or model_cls.__name__,
@@ -80,7 +92,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "torch latency": f"{torch_ms:.1f} ms ({'GPU' if accelerator == 'gpu' else 'CPU'})",
         "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
         "hardware": hardware(),
-        "date": dt.date.today().isoformat(),
+        "date": dt.datetime.now().astimezone().date().isoformat(),  # the local date, as date.today()
         "curve (epoch: image / pixel AUROC)": curve_text(curve.points) if curve else "",
         "torch_ms": torch_ms,
         "openvino_ms": ov_ms,
@@ -117,7 +129,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def variant_row(engine: Any, model: Any, datamodule: Any, variant: dict[str, Any]) -> dict[str, Any]:
+def variant_row(
+    engine: Engine,
+    model: AnomalibModule,
+    datamodule: AnomalibDataModule,
+    variant: dict[str, Any],
+) -> dict[str, Any]:
     """Test the trained model again with torch-model attributes changed (e.g. RSTPM's ``score_map``).
 
     For choices a model can switch after training, so one training scores every form of its map.

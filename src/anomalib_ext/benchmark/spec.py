@@ -37,7 +37,7 @@ class SpecError(ValueError):
     """A benchmark spec that cannot be run as written; the message names the file and the entry."""
 
 
-def _option(key: str, value: Any) -> list[str]:
+def _option(key: str, value: object) -> list[str]:
     flag = f"--{key}"
     if value is None or value is False:
         return []

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anomalib_ext.benchmark.timing import median_ms
 from anomalib_ext.models.efficientad.torch_model import EfficientADModel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MODES = ("eager", "channels_last", "half", "autocast", "compile", "cuda_graph", "openvino")
 
@@ -50,7 +53,7 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
         model = EfficientAdModel(model_size="small" if model_size == "small" else "medium")
         model.mean_std.update({"mean": torch.rand(1, 384, 1, 1), "std": torch.rand(1, 384, 1, 1) + 0.5})
         model.quantiles.update(
-            {k: torch.tensor(v) for k, v in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), (0.1, 0.5) * 2, strict=True)}
+            {k: torch.tensor(v) for k, v in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), (0.1, 0.5) * 2, strict=True)},
         )
     else:
         msg = f"unknown model kind {kind!r}"
@@ -60,7 +63,7 @@ def build(kind: str, model_size: str = "small", image_size: int = 256) -> nn.Mod
 
 def torch_runner(model: nn.Module, images: torch.Tensor, mode: str) -> Callable[[], object]:
     """A zero-argument callable running ``model`` on ``images`` in the given torch mode."""
-    if mode in ("channels_last", "half", "compile", "cuda_graph"):
+    if mode in {"channels_last", "half", "compile", "cuda_graph"}:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     if mode == "half":
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batch_sizes:
                 try:
                     ms = measure(kind, mode, batch, args.device, args.image_size, args.warmup, args.iters)
-                except Exception as error:  # one unsupported mode should not stop the table
+                except Exception as error:  # noqa: BLE001  # one unsupported mode should not stop the table
                     print(f"| {kind} | {mode} | {batch} | failed: {type(error).__name__}: {error} | | |")
                     continue
                 print(f"| {kind} | {mode} | {batch} | {ms:.2f} | {1000 * batch / ms:.1f} | |", flush=True)

@@ -6,11 +6,15 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anomalib.models import AnomalibModule
 
 
 def hardware() -> str:
@@ -19,7 +23,7 @@ def hardware() -> str:
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or "CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -29,7 +33,10 @@ def hardware() -> str:
 
 
 def median_ms(
-    run: Callable[[], object], repeats: int = 20, warmup: int = 3, sync: Callable[[], object] | None = None
+    run: Callable[[], object],
+    repeats: int = 20,
+    warmup: int = 3,
+    sync: Callable[[], object] | None = None,
 ) -> float:
     """Median wall time of ``run`` in milliseconds, after ``sync`` (default: CUDA's, when there is a GPU)."""
     if sync is None:
@@ -47,7 +54,11 @@ def median_ms(
 
 
 def measure_latency(
-    model: Any, image_size: int, export_root: Path, device: str, precision: str = "f32"
+    model: AnomalibModule,
+    image_size: int,
+    export_root: Path,
+    device: str,
+    precision: str = "f32",
 ) -> tuple[float, float | None]:
     """Batch-1 latency of the full inference graph: eager torch on ``device``, OpenVINO on CPU at ``precision``."""
     model = model.to(device).eval()
@@ -61,7 +72,7 @@ def measure_latency(
         compiled = ExportedModel(export_openvino(model, export_root, image_size), precision=precision)
         array = image.cpu().numpy()
         ov_ms: float | None = median_ms(lambda: compiled(array))
-    except Exception as error:  # export problems are reported in the row, not fatal to the benchmark
+    except Exception as error:  # noqa: BLE001  # export problems are reported in the row, not fatal to the benchmark
         print(f"OpenVINO export/timing failed: {error}")
         ov_ms = None
     return torch_ms, ov_ms

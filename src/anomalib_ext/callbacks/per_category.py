@@ -16,13 +16,18 @@ unchanged next to them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anomalib.data import Batch
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 
 def default_category_metrics(aupro: bool = False) -> list[AnomalibMetric]:
@@ -78,8 +83,8 @@ class PerCategoryMetrics(Callback):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
+        outputs: STEP_OUTPUT,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anomalib.data import Batch
+    from anomalib.models import AnomalibModule
 
 
 class EpochProgress(Callback):
@@ -17,9 +23,13 @@ class EpochProgress(Callback):
         self.start = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the clock for the elapsed time printed after each epoch."""
+        del trainer, pl_module  # Lightning's hook signature; not needed here
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Print the epoch, the minutes since training started and the epoch's train loss."""
+        del pl_module  # Lightning's hook signature; not needed here
         loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
         loss_text = f", train_loss {float(loss):.4f}" if loss is not None else ""
         elapsed = time.perf_counter() - self.start
@@ -36,7 +46,7 @@ class TestCurve(Callback):
     and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``.
     """
 
-    def __init__(self, dataloader: Any, every: int) -> None:
+    def __init__(self, dataloader: Iterable[Batch], every: int) -> None:
         if every < 1:
             msg = f"every must be at least 1 epoch; got {every}."
             raise ValueError(msg)
@@ -45,6 +55,7 @@ class TestCurve(Callback):
         self.points: list[tuple[int, float, float | None]] = []
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Score the test split every ``every`` epochs and after the last one; record and print the point."""
         epoch = trainer.current_epoch + 1
         if epoch % self.every and epoch != trainer.max_epochs:
             return
@@ -54,7 +65,11 @@ class TestCurve(Callback):
         print(f"epoch {epoch}: image AUROC {100 * image_auroc:.1f}{pixel_text}", flush=True)
 
 
-def score_test_set(pl_module: Any, dataloader: Any, full_graph: bool = False) -> tuple[float, float | None]:
+def score_test_set(
+    pl_module: AnomalibModule,
+    dataloader: Iterable[Batch],
+    full_graph: bool = False,
+) -> tuple[float, float | None]:
     """Image AUROC of the scores and pixel AUROC of the maps over ``dataloader`` (``None`` without masks).
 
     By default the raw model outputs after the model's pre-processing (what training optimises;

@@ -41,7 +41,10 @@ class AttentionGate(nn.Module):
     """
 
     def __init__(
-        self, teacher_channels: int, form: GateForm | str = GateForm.PRODUCT, hidden_channels: int | None = None
+        self,
+        teacher_channels: int,
+        form: GateForm | str = GateForm.PRODUCT,
+        hidden_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.form = parse_option(GateForm, form, "form")

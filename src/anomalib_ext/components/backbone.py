@@ -37,14 +37,17 @@ import difflib
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from anomalib.models.components import TimmFeatureExtractor
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 WEIGHTS_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"
 ALLOW_DOWNLOAD_ENV = "ANOMALIB_EXT_ALLOW_DOWNLOAD"

@@ -14,10 +14,14 @@ checkpoint and ignores whatever evaluator entries an incoming (older) checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric, Evaluator, F1Score
-from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
 
 
 def _drop_foreign_evaluator_entries(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:

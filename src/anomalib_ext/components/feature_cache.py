@@ -16,9 +16,12 @@ on, within ``max_bytes``; images beyond the budget are recomputed every time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 class FeatureCacheError(RuntimeError):
@@ -45,6 +48,7 @@ class FrozenFeatureCache:
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
+        """Number of images whose features are cached."""
         return len(self._features)
 
     def clear(self) -> None:
@@ -54,7 +58,10 @@ class FrozenFeatureCache:
         self.bytes = 0
 
     def features(
-        self, keys: Sequence[str], images: torch.Tensor, compute: Callable[[torch.Tensor], Sequence[torch.Tensor]]
+        self,
+        keys: Sequence[str],
+        images: torch.Tensor,
+        compute: Callable[[torch.Tensor], Sequence[torch.Tensor]],
     ) -> list[torch.Tensor]:
         """``compute(images)`` (a list of ``(B, ...)`` tensors), from the cache where every image of the batch is in it.
 

@@ -14,13 +14,14 @@ place decides, and a model (or a user, through the constructor) can still overri
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from anomalib.metrics import Evaluator
-from anomalib.post_processing import PostProcessor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .evaluation import default_evaluator
 from .thresholding import MidpointPostProcessor
+
+if TYPE_CHECKING:
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
 
 
 class EvaluationDefaults:
@@ -32,9 +33,10 @@ class EvaluationDefaults:
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """anomalib's default metrics plus pixel AUPRO, stateless in checkpoints."""
+        """Anomalib's default metrics plus pixel AUPRO, stateless in checkpoints."""
         return default_evaluator()
 
-    def configure_post_processor(self) -> PostProcessor:
-        """anomalib's post-processing with thresholds between scores."""
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's post-processing with thresholds between scores."""
         return MidpointPostProcessor()

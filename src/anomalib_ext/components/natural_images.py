@@ -14,15 +14,17 @@ Images come back as float tensors in ``[0, 1]`` (ImageNet normalisation is the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPEG")
 SKIMAGE_PHOTOS = (
@@ -82,7 +84,7 @@ def make_transform(image_size: int, augment: Augment) -> v2.Transform:
                 v2.RandomGrayscale(0.3),
                 v2.CenterCrop(image_size),
                 to_float,
-            ]
+            ],
         )
     if augment == "none":
         return v2.Compose([v2.Resize((image_size, image_size), antialias=True), to_float])
@@ -95,7 +97,7 @@ def make_transform(image_size: int, augment: Augment) -> v2.Transform:
             v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
             v2.RandomGrayscale(0.2),
             to_float,
-        ]
+        ],
     )
 
 
@@ -124,9 +126,11 @@ class NaturalImages(Dataset):
         self.transform = make_transform(image_size, augment or ("penalty" if self.files else "heavy"))
 
     def __len__(self) -> int:
+        """The number of folder images, or the virtual ``length`` for the bundled photos."""
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """Image ``index`` through the dataset's transform (the bundled photos repeat), as a float CHW tensor."""
         if self.files:
             with Image.open(self.files[index]) as image:
                 array = np.asarray(image.convert("RGB"))

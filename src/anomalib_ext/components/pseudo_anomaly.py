@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomalib.data.transforms import MultiRandomChoice
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
@@ -26,6 +26,9 @@ from torchvision.io import write_png
 from torchvision.transforms import v2
 
 from .natural_images import skimage_photos
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TEXTURE_DIR_ENV = "ANOMALIB_EXT_TEXTURE_DIR"
 # scikit-image's bundled images (no download): the three textures plus varied colour photos.
@@ -85,7 +88,7 @@ def write_texture_source(folder: str | Path | None = None, names: Sequence[str] 
         handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=folder)
         os.close(handle)
         write_png(photo, temporary)
-        os.replace(temporary, folder / f"{name}.png")
+        Path(temporary).replace(folder / f"{name}.png")
     return folder
 
 
@@ -107,7 +110,7 @@ def make_pseudo_anomaly_generator(
     probability: float = 0.5,
     blend_factor: float | tuple[float, float] = (0.1, 1.0),
 ) -> PerlinAnomalyGenerator:
-    """anomalib's Perlin generator with the paper's source augmentations.
+    """Anomalib's Perlin generator with the paper's source augmentations.
 
     Args:
         anomaly_source: ``"perlin"`` (or ``None``) for anomalib's Perlin-noise source,

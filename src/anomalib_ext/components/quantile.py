@@ -10,9 +10,12 @@ limit), using the same linear interpolation as ``torch.quantile``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def quantile(tensor: torch.Tensor, q: float) -> torch.Tensor:
@@ -27,7 +30,7 @@ def quantile(tensor: torch.Tensor, q: float) -> torch.Tensor:
     if flat.numel() == 0:
         msg = "quantile of an empty tensor"
         raise ValueError(msg)
-    if flat.dtype in (torch.float16, torch.bfloat16):
+    if flat.dtype in {torch.float16, torch.bfloat16}:
         flat = flat.float()  # kthvalue on half tensors is not implemented on every device
     position = q * (flat.numel() - 1)
     low_index, high_index = math.floor(position), math.ceil(position)

@@ -8,13 +8,13 @@ teacher2's feature at that scale re-weights the student's pixels.
 
 Two layouts, both built from channel numbers only (so any timm teacher pair works):
 
-- ``"deconv_basic_block"`` (the report's RSTPM-1, fig. 3): a 3x3 conv + BN + ReLU and a ResNet-18 ``BasicBlock`` at the input
-  resolution, then per stage a stride-2 3x3 transposed conv (doubles resolution, changes
-  channels) + BN + ReLU and one ``BasicBlock``.
-- ``"up_residual"`` (the report's RSTPM-2, figs. 15-16, after RD4AD's decoder): no stem; each of the stages is a
-  residual block whose main path is a 2x2 stride-2 transposed conv + BN + ReLU + 3x3 conv + BN
-  and whose skip is a 2x2 stride-2 transposed conv + BN. About half the parameters of
-  ``"deconv_basic_block"`` for ResNet18 -> ResNet50.
+- ``"deconv_basic_block"`` (the report's RSTPM-1, fig. 3): a 3x3 conv + BN + ReLU and a
+  ResNet-18 ``BasicBlock`` at the input resolution, then per stage a stride-2 3x3 transposed conv
+  (doubles resolution, changes channels) + BN + ReLU and one ``BasicBlock``.
+- ``"up_residual"`` (the report's RSTPM-2, figs. 15-16, after RD4AD's decoder): no stem; each of
+  the stages is a residual block whose main path is a 2x2 stride-2 transposed conv + BN + ReLU +
+  3x3 conv + BN and whose skip is a 2x2 stride-2 transposed conv + BN. About half the parameters
+  of ``"deconv_basic_block"`` for ResNet18 -> ResNet50.
 
 Each stage ends in ReLU only where the teacher layer it reconstructs is non-negative (ResNet
 stages end in ReLU; EfficientNet stages end in a linear bottleneck with signed outputs, which a
@@ -23,8 +23,8 @@ ReLU output could never match). ``nonnegative`` says which, per target layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from torchvision.models.resnet import BasicBlock
 
 from .attention_gate import AttentionGate, GateForm
 from .options import parse_option
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class StudentLayout(StrEnum):
@@ -62,8 +65,8 @@ def parse_attention(attention: str, n_gates: int) -> list[str]:
         return []
     if len(attention) != n_gates or any(form not in list(GateForm) for form in attention):
         msg = (
-            f"attention={attention!r}: expected 'none' or {n_gates} characters from {[form.value for form in GateForm]} "
-            f"(one per scale change of the reconstruction student, e.g. '*+')."
+            f"attention={attention!r}: expected 'none' or {n_gates} characters from "
+            f"{[form.value for form in GateForm]} (one per scale change of the reconstruction student, e.g. '*+')."
         )
         raise ValueError(msg)
     return list(attention)

@@ -19,8 +19,6 @@ is anomalib's ``PostProcessor`` with this threshold for images and pixels; every
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
@@ -75,7 +73,7 @@ class MidpointF1AdaptiveThreshold(F1AdaptiveThreshold):
     """
 
     def compute(self) -> torch.Tensor:
-        """anomalib's F1-optimal threshold, then halfway to the next lower score."""
+        """Anomalib's F1-optimal threshold, then halfway to the next lower score."""
         value = super().compute()
         if self.thresholds is not None or not (self._has_anomalous_samples() and self._has_normal_samples()):
             return value
@@ -106,7 +104,7 @@ class MidpointPostProcessor(PostProcessor):
         enable_threshold_matching: bool = True,
         image_sensitivity: float = 0.5,
         pixel_sensitivity: float = 0.5,
-        **kwargs: Any,
+        **kwargs,
     ) -> None:
         super().__init__(
             enable_normalization=enable_normalization,

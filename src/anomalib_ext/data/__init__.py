@@ -1,7 +1,5 @@
 """Data modules and datasets: MVTec-style folders, the offline texture demo set, unified multi-class training."""
 
-from typing import Any
-
 from .mvtec_style import DatasetError, MVTecStyle, MVTecStyleDataset, make_mvtec_style_samples
 from .synthetic import make_texture_dataset
 from .unified import MVTEC_CATEGORIES, VISA_CATEGORIES, UnifiedMultiClass
@@ -18,7 +16,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type:
     """``anomalib_ext.data.PerCategoryMetrics``, the callback's former path, still resolves (with a warning)."""
     if name == "PerCategoryMetrics":
         import warnings

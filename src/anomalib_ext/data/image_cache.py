@@ -14,16 +14,17 @@ fills it while it checks the files).
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 
@@ -72,18 +73,22 @@ class DecodedImageCache:
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DecodedImageCache:
+        """The cache itself, not a copy."""
         return self  # shared by a dataset and its clones: one copy of the pixels
 
     def __getstate__(self) -> dict[str, Any]:
+        """The cache for pickling to a worker process, entries included, without the unpicklable lock."""
         state = self.__dict__.copy()
         del state["_lock"]  # worker processes started by spawn/forkserver get the pixels, and a lock of their own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled cache with a new lock."""
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
+        """The number of cached images and masks."""
         return len(self._entries)
 
     def image(self, path: str | Path, size: Sequence[int] | None) -> torch.Tensor:
@@ -94,11 +99,17 @@ class DecodedImageCache:
         """The 0/1 mask at ``path``, resized to ``size``; from memory when the file has not changed."""
         return self._get("mask", path, size, load_mask)
 
-    def _get(self, kind: str, path: str | Path, size: Sequence[int] | None, load: Any) -> torch.Tensor:
+    def _get(
+        self,
+        kind: str,
+        path: str | Path,
+        size: Sequence[int] | None,
+        load: Callable[[str | Path, Sequence[int] | None], torch.Tensor],
+    ) -> torch.Tensor:
         if self.max_bytes <= 0:
             return load(path, size)
         try:
-            stat = os.stat(path)
+            stat = Path(path).stat()
         except OSError as error:
             msg = f"Cannot read image {path}: {error}."
             raise DatasetError(msg) from error
@@ -115,6 +126,6 @@ class DecodedImageCache:
                 self.bytes -= stale.numel() * stale.element_size()
             if self.bytes + nbytes <= self.max_bytes:
                 self._entries[key] = tensor
-                self._current[(kind, str(path))] = key
+                self._current[kind, str(path)] = key
                 self.bytes += nbytes
         return tensor

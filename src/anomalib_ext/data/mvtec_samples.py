@@ -74,7 +74,10 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                         raise DatasetError(msg)
                     mask_path = str(mask)
                     if check_files and check_image(mask) != check_image(image_path):
-                        msg = f"Mask {mask} has size {check_image(mask)} but image {image_path} has {check_image(image_path)}."
+                        msg = (
+                            f"Mask {mask} has size {check_image(mask)} "
+                            f"but image {image_path} has {check_image(image_path)}."
+                        )
                         raise DatasetError(msg)
                 elif check_files:
                     check_image(image_path)
@@ -86,7 +89,7 @@ def make_mvtec_style_samples(root: str | Path, check_files: bool = True) -> pd.D
                         "image_path": str(image_path),
                         "mask_path": mask_path,
                         "label_index": int(LabelName.NORMAL if normal else LabelName.ABNORMAL),
-                    }
+                    },
                 )
     samples = pd.DataFrame(rows, columns=["path", "split", "label", "image_path", "mask_path", "label_index"])
     if not (samples.split == "train").any():

@@ -19,21 +19,25 @@ images need no masks and only image metrics are computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.base import AnomalibDataset
 from anomalib.data.utils import Split
-from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2.functional import to_dtype
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
 from .image_cache import DEFAULT_MAX_BYTES, DatasetError, DecodedImageCache
 from .mvtec_samples import IMAGE_SUFFIXES, check_image, make_mvtec_style_samples
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from torchvision.transforms.v2 import Transform
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -183,7 +187,11 @@ class MVTecStyle(AnomalibDataModule):
     def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
         """One split at this module's image size, sharing its decoded-image cache."""
         dataset = MVTecStyleDataset(
-            root, split=split, samples=samples, image_size=self.image_size, cache=self.image_cache
+            root,
+            split=split,
+            samples=samples,
+            image_size=self.image_size,
+            cache=self.image_cache,
         )
         if self.image_cache.max_bytes > 0:
             dataset.fill_cache()

@@ -13,12 +13,15 @@ MVTec-style tool) reads it. The same ``seed`` always gives the same files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from skimage import data as skdata
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 TEXTURES: dict[str, Callable[[], np.ndarray]] = {
     "brick": skdata.brick,
@@ -50,7 +53,10 @@ def _ellipse_mask(size: int, rng: np.random.Generator, scale: tuple[float, float
 
 
 def _draw_defect(
-    image: Image.Image, kind: str, other: Image.Image, rng: np.random.Generator
+    image: Image.Image,
+    kind: str,
+    other: Image.Image,
+    rng: np.random.Generator,
 ) -> tuple[Image.Image, Image.Image]:
     size = image.size[0]
     if kind == "scratch":

@@ -16,14 +16,18 @@ to the model, and reports every metric per category plus their mean. Here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from anomalib.data.utils import Split
-from torchvision.transforms.v2 import Transform
 
 from .mvtec_style import DatasetError, MVTecStyle, make_mvtec_style_samples
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torchvision.transforms.v2 import Transform
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .runtime import ExportedModel, InferencePrecision
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import openvino as ov
+    from anomalib.data import Batch
+    from anomalib.models import AnomalibModule
+
 
 def quiet_exporter_logs() -> None:
-    """onnxscript logs a traceback when its opset down-conversion falls back; the export is fine (see README)."""
+    """Silence onnxscript's traceback when its opset down-conversion falls back; the export is fine (see README)."""
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
 
 
-def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_size: int) -> dict[str, Any]:
+def openvino_parity(
+    model: AnomalibModule,
+    batches: list[Batch],
+    export_root: Path,
+    image_size: int,
+) -> dict[str, Any]:
     """Export to OpenVINO and compare its anomaly maps and scores with eager torch on test images."""
     model = model.cpu().eval()
     path = export_openvino(model, export_root, image_size)
@@ -30,19 +41,20 @@ def openvino_parity(model: Any, batches: list[Any], export_root: Path, image_siz
     worst_map, worst_score = 0.0, 0.0
     for batch in batches[:2]:
         for image in batch.image[:4]:
-            image = image.unsqueeze(0).cpu()
+            single = image.unsqueeze(0).cpu()
             with torch.no_grad():
-                expected = model(image)
-            outputs = exported(image.numpy())
+                expected = model(single)
+            outputs = exported(single.numpy())
             worst_map = max(worst_map, float(np.abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max()))
             worst_score = max(
-                worst_score, float(np.abs(outputs["pred_score"].ravel() - expected.pred_score.numpy().ravel()).max())
+                worst_score,
+                float(np.abs(outputs["pred_score"].ravel() - expected.pred_score.numpy().ravel()).max()),
             )
     return {"openvino_model": str(path), "max_map_difference": worst_map, "max_score_difference": worst_score}
 
 
 def export_openvino(
-    model: Any,
+    model: AnomalibModule,
     export_root: Path,
     image_size: int,
     precision: str = "fp32",
@@ -67,12 +79,15 @@ def export_openvino(
         msg = f"precision must be one of {PRECISIONS}; got {precision!r}."
         raise ValueError(msg)
     if precision == "int8" and calibration is None:
-        msg = "precision='int8' needs `calibration`: a loader of normal training images (e.g. datamodule.train_dataloader())."
+        msg = (
+            "precision='int8' needs `calibration`: a loader of normal training images "
+            "(e.g. datamodule.train_dataloader())."
+        )
         raise ValueError(msg)
     quiet_exporter_logs()
     name = "model" if precision == "fp32" else f"model_{precision.replace('-', '_')}"
     model = model.cpu().eval()
-    if precision in ("fp32", "fp16"):
+    if precision in {"fp32", "fp16"}:
         from anomalib.deploy import CompressionType
 
         compression = CompressionType.FP16 if precision == "fp16" else None
@@ -88,7 +103,12 @@ def export_openvino(
 
 
 def _quantize_int8(
-    fp32: Path, export_root: Path, name: str, calibration: Iterable[Any] | None, count: int, precision: str
+    fp32: Path,
+    export_root: Path,
+    name: str,
+    calibration: Iterable[Any] | None,
+    count: int,
+    precision: str,
 ) -> Path:
     """NNCF INT8 of an fp32 IR: weight-only, or post-training quantisation on ``count`` calibration images."""
     import nncf
@@ -109,7 +129,7 @@ def _quantize_int8(
     return target
 
 
-def map_smoothing_convolutions(model: Any) -> list[str]:
+def map_smoothing_convolutions(model: ov.Model) -> list[str]:
     """Names of the single-channel convolutions (the Gaussian blur of the anomaly map).
 
     Quantising the map to 8 bits before the blur collapsed RD4AD's whole map to zero on the

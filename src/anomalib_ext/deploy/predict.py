@@ -67,7 +67,9 @@ def predict_folder(
             handle.flush()
             if overlays and "anomaly_map" in outputs:
                 save_overlay(
-                    np.asarray(rgb), outputs["anomaly_map"].squeeze(), output / "overlays" / f"{path.stem}.png"
+                    np.asarray(rgb),
+                    outputs["anomaly_map"].squeeze(),
+                    output / "overlays" / f"{path.stem}.png",
                 )
             results.append(row)
     return results

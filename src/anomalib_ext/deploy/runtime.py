@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+    import openvino as ov
 
 
 class InferencePrecision(StrEnum):
@@ -29,7 +31,11 @@ class InputSizeError(ValueError):
     """An exported model was given an image of another size than it was exported for."""
 
 
-def compile_openvino(model: Any, device: str = "CPU", precision: str = InferencePrecision.F32) -> Any:
+def compile_openvino(
+    model: str | Path | ov.Model,
+    device: str = "CPU",
+    precision: str = InferencePrecision.F32,
+) -> ov.CompiledModel:
     """Compile an OpenVINO model (``.xml`` path or ``ov.Model``) at an explicit inference precision.
 
     A device that cannot compute in ``bf16`` or ``f16`` falls back to ``f32`` (OpenVINO's rule);
@@ -51,7 +57,7 @@ def cpu_supports(capability: str) -> bool:
     return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def compiled_precision(compiled: Any) -> str:
+def compiled_precision(compiled: ov.CompiledModel) -> str:
     """The inference precision a compiled model actually runs at (``f32``, ``bf16``, ``f16``)."""
     import openvino.properties.hint as hints
 

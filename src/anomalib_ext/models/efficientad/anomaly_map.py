@@ -7,8 +7,12 @@ path traceable (ONNX/OpenVINO) and CUDA-graph friendly.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from torch.nn import functional as F  # noqa: N812
+
+if TYPE_CHECKING:
+    import torch
 
 MAP_PADDING = 4  # the unpadded PDN loses 4 feature pixels per side; the reproduction pads them back with 0
 

@@ -25,18 +25,13 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -47,6 +42,15 @@ from anomalib_ext.components.quantile import quantiles
 
 from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, distill_teacher, load_teacher_file
 from .torch_model import EfficientADModel, ModelSize
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anomalib.data import AnomalibDataset, Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 logger = logging.getLogger(__name__)
 TEACHER_DIR_ENV = "ANOMALIB_EXT_WEIGHTS_DIR"
@@ -89,15 +93,17 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         self,
         teacher_weights: str | None = None,
         model_size: ModelSize | str = ModelSize.SMALL,
-        penalty_images: str | None = None,
-        use_penalty: bool = True,
-        random_teacher: bool = False,
+        # the arguments marked ARG002 are read back from self.hparams by the hooks and
+        # configure_optimizers (anomalib's save_hyperparameters reads this frame)
+        penalty_images: str | None = None,  # noqa: ARG002
+        use_penalty: bool = True,  # noqa: ARG002
+        random_teacher: bool = False,  # noqa: ARG002
         teacher_stats: TeacherStatistics | str = TeacherStatistics.TRAIN,
-        max_stat_images: int | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        lr_decay_at: float = 0.95,
-        penalty_batch_size: int = 1,
+        max_stat_images: int | None = None,  # noqa: ARG002
+        lr: float = 1e-4,  # noqa: ARG002
+        weight_decay: float = 1e-5,  # noqa: ARG002
+        lr_decay_at: float = 0.95,  # noqa: ARG002
+        penalty_batch_size: int = 1,  # noqa: ARG002
         out_channels: int = 384,
         padding: bool = False,
         pad_maps: bool = True,
@@ -114,7 +120,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(
-            pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
         )
         self.model = EfficientADModel(model_size, out_channels, padding, pad_maps, image_size)
         self._teacher_ready = False
@@ -143,10 +152,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
 
     def setup(self, stage: str | None = None) -> None:
         """For fitting: load the teacher."""
-        if stage in ("fit", None) and not self._teacher_ready:
+        if stage in {"fit", None} and not self._teacher_ready:
             self.load_teacher()
 
-    def _images(self, loader: DataLoader, limit: int | None = None) -> Any:
+    def _images(self, loader: DataLoader, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
         seen = 0
         for batch in loader:
@@ -156,7 +165,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             seen += len(images)
             yield self.pre_processor.transform(images) if self.pre_processor else images
 
-    def _full_loader(self, dataset: Any) -> DataLoader:
+    def _full_loader(self, dataset: AnomalibDataset) -> DataLoader:
         """All of ``dataset`` in order, on every rank (not the trainer's sharded, shuffled loader).
 
         The statistics taken from it are then the same on every DDP rank and equal to a single
@@ -165,7 +174,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
 
-    def quantile_images(self) -> Any:
+    def quantile_images(self) -> AnomalibDataset:
         """The data module's held-out training images (``holdout_data``), else the training images.
 
         The hold-out belongs to the data (``MVTecStyle(holdout_fraction=0.1)``, the reproduction's
@@ -177,7 +186,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             return holdout
         logger.warning(
             "EfficientADOffline: the data module holds out no training images "
-            "(anomalib_ext.data.MVTecStyle(holdout_fraction=0.1) does); map quantiles use the training images."
+            "(anomalib_ext.data.MVTecStyle(holdout_fraction=0.1) does); map quantiles use the training images.",
         )
         return self.trainer.train_dataloader.dataset
 
@@ -203,7 +212,8 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         else:
             model = self.model
             images = self._images(
-                self._full_loader(self.trainer.train_dataloader.dataset), self.hparams.max_stat_images
+                self._full_loader(self.trainer.train_dataloader.dataset),
+                self.hparams.max_stat_images,
             )
             outputs = (model.teacher(model.normalize_input(x)) for x in images)
             mean, std = channel_statistics(outputs)
@@ -225,7 +235,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """Teacher statistics before the first step."""
         self.compute_teacher_statistics()
 
-    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """``L_hard + L_penalty + L_AE + L_STAE`` on one batch (plus one natural image for the penalty)."""
         del args, kwargs
         natural = self._penalty_batch(batch.image.shape[-1]) if self.hparams.use_penalty else None
@@ -249,7 +259,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """Final quantiles (training may end between validations)."""
         self.compute_map_quantiles()
 
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Maps and scores for a validation batch."""
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
@@ -314,6 +324,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
                     teacher,
                 )
                 distill_teacher(
-                    teacher, image_size=image_size, steps=cls.DEMO_TEACHER_STEPS, batch_size=4, norm_images=16
+                    teacher,
+                    image_size=image_size,
+                    steps=cls.DEMO_TEACHER_STEPS,
+                    batch_size=4,
+                    norm_images=16,
                 )
         return {"teacher_weights": str(teacher), "model_size": "small", "image_size": image_size}

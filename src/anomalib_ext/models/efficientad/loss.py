@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from anomalib_ext.components.quantile import quantile
+
+if TYPE_CHECKING:
+    import torch
 
 HARD_QUANTILE = 0.999
 

@@ -28,8 +28,8 @@ import argparse
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, create
 from anomalib_ext.components.natural_images import NaturalImages, endless
 
 from .torch_model import ModelSize, make_pdn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ class DistillationTarget(nn.Module):
 
     def train(self, mode: bool = True) -> DistillationTarget:
         """The backbone stays in eval mode (BatchNorm with ImageNet statistics)."""
-        return super().train(False)
+        del mode  # nn.Module.train's signature; eval mode whatever is asked
+        return super().train(mode=False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -150,12 +154,23 @@ def distill_teacher(
     Args:
         output: file to write (``.pth``).
         images: image folder (e.g. ImageNet ``train/``); ``None``: scikit-image's bundled photos, heavily augmented.
-        backbone, layers, backbone_weights, allow_download: the frozen feature extractor (see
-            :func:`anomalib_ext.components.create_backbone`); paper: ``wide_resnet101_2`` layers 2+3.
+        backbone: the frozen feature extractor's timm name (see
+            :func:`anomalib_ext.components.create_backbone`); paper: ``wide_resnet101_2``.
+        layers: its layers to distil (strides 8 and 16); paper: layers 2+3.
+        backbone_weights: local weights file for ``backbone``; ``None``: the weights folder, then
+            the other local sources :mod:`anomalib_ext.components.backbone` lists.
         model_size: ``small`` or ``medium`` PDN.
         image_size: PDN input side; the backbone sees twice that (paper: 256 / 512).
-        steps, batch_size, lr, weight_decay: Adam training (paper: 60,000 x 16, 1e-4, 1e-5).
+        steps: Adam steps (paper: 60,000).
+        batch_size: images per step (paper: 16).
+        lr: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 1e-5).
         norm_images: images used for the target's channel mean/std (paper: 10,000).
+        num_workers: data loader worker processes.
+        device: torch device for the backbone and the PDN.
+        seed: torch seed, set before the PDN is initialised and the images are drawn.
+        allow_download: let timm fetch ``backbone``'s weights when no local file is found.
+        log_every: log the loss every this many steps (and at the last); ``0``: never.
     """
     torch.manual_seed(seed)
     output = Path(output)
@@ -169,7 +184,7 @@ def distill_teacher(
                 v2.Resize((2 * image_size, 2 * image_size), antialias=True),
                 v2.RandomGrayscale(0.1),
                 v2.ToDtype(torch.float32, scale=True),
-            ]
+            ],
         )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True)
     batches = endless(loader)
@@ -223,7 +238,11 @@ def distill_teacher(
 
 
 def _conv_names(model_size: ModelSize | str) -> list[str]:
-    return [name for name, module in make_pdn(model_size, 8, False).named_children() if isinstance(module, nn.Conv2d)]
+    return [
+        name
+        for name, module in make_pdn(model_size, 8, padding=False).named_children()
+        if isinstance(module, nn.Conv2d)
+    ]
 
 
 def load_teacher_file(

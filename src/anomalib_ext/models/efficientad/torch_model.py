@@ -100,7 +100,7 @@ def color_jitter(images: torch.Tensor, generator: torch.Generator | None = None)
     choices = torch.randint(0, 3, (len(images),), generator=generator).tolist()
     factors = (0.8 + 0.4 * torch.rand(len(images), generator=generator)).tolist()
     return torch.stack(
-        [functions[choice](image, factor) for image, choice, factor in zip(images, choices, factors, strict=True)]
+        [functions[choice](image, factor) for image, choice, factor in zip(images, choices, factors, strict=True)],
     )
 
 
@@ -127,7 +127,7 @@ class EfficientADModel(nn.Module):
         self.model_size = model_size
         self.out_channels = out_channels
         self.pad_maps = pad_maps and not padding
-        self.teacher = make_pdn(model_size, out_channels, padding).eval().requires_grad_(False)
+        self.teacher = make_pdn(model_size, out_channels, padding).eval().requires_grad_(requires_grad=False)
         self.student = make_pdn(model_size, 2 * out_channels, padding)
         self.ae = AutoEncoder(out_channels, padding, image_size)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -176,7 +176,9 @@ class EfficientADModel(nn.Module):
             terms["penalty"] = penalty_loss(self.student(self.normalize_input(natural)), channels)
         x_aug = self.normalize_input(color_jitter(images))
         loss_ae, loss_stae = autoencoder_losses(
-            self.teacher_features(x_aug), self.ae(x_aug), self.student(x_aug)[:, channels:]
+            self.teacher_features(x_aug),
+            self.ae(x_aug),
+            self.student(x_aug)[:, channels:],
         )
         terms.update(ae=loss_ae, stae=loss_stae)
         return terms

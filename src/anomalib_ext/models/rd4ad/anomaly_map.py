@@ -8,13 +8,16 @@ anomalib's ``GaussianBlur2d`` so the whole map stays on-device and exportable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components.filters import GaussianBlur2d
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class MapFusion(StrEnum):
@@ -25,7 +28,9 @@ class MapFusion(StrEnum):
 
 
 def layer_distance_maps(
-    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], image_size: tuple[int, int]
+    teacher: Sequence[torch.Tensor],
+    student: Sequence[torch.Tensor],
+    image_size: tuple[int, int],
 ) -> list[torch.Tensor]:
     """``1 - cos(t, s)`` over channels for each layer, upsampled to ``image_size`` (B x 1 x H x W)."""
     maps = []
@@ -45,7 +50,10 @@ class AnomalyMapGenerator(nn.Module):
         self.blur = GaussianBlur2d(kernel_size=(kernel, kernel), sigma=(sigma, sigma), channels=1)
 
     def forward(
-        self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], image_size: tuple[int, int]
+        self,
+        teacher: Sequence[torch.Tensor],
+        student: Sequence[torch.Tensor],
+        image_size: tuple[int, int],
     ) -> torch.Tensor:
         """The fused, smoothed map at ``image_size`` (the input's size, as the official code does)."""
         maps = layer_distance_maps(teacher, student, image_size)

@@ -17,19 +17,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_ext.components.feature_cache import FrozenFeatureCache
@@ -39,6 +31,17 @@ from anomalib_ext.components.options import parse_option
 from .anomaly_map import MapFusion
 from .loss import LossForm, RD4ADLoss
 from .torch_model import RD4ADModel, StudentActivation
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.pre_processing import PreProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 
 class RD4AD(EvaluationDefaults, AnomalibModule):
@@ -93,8 +96,9 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         loss_form: LossForm | str = LossForm.FLATTENED,
         cache_teacher_features: bool = False,
-        lr: float = 0.005,
-        betas: Sequence[float] = (0.5, 0.999),
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 0.005,  # noqa: ARG002
+        betas: Sequence[float] = (0.5, 0.999),  # noqa: ARG002
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -12,12 +12,15 @@ Both are summed over the layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class LossForm(StrEnum):

@@ -29,18 +29,22 @@ they apply to (the stages themselves are anomalib's and timm's).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from anomalib.data import InferenceBatch
-from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
 from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
 
 from .anomaly_map import AnomalyMapGenerator, MapFusion
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.models.components import TimmFeatureExtractor
 
 
 class StudentActivation(StrEnum):
@@ -75,7 +79,9 @@ def init_weights(module: nn.Module) -> None:
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -105,11 +111,13 @@ class Bottleneck(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_ch),
             )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(body(x) + shortcut(x))``."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -139,11 +147,13 @@ class DeBottleneck(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if upsample > 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False), nn.BatchNorm2d(out_ch)
+                nn.ConvTranspose2d(in_ch, out_ch, upsample, stride=upsample, bias=False),
+                nn.BatchNorm2d(out_ch),
             )
         self.relu: nn.Module = nn.ReLU(inplace=True) if out_relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``body(x) + shortcut(x)``, then ReLU unless the block was built with ``out_relu=False``."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -173,6 +183,7 @@ class OneClassBottleneck(nn.Module):
         init_weights(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bring the shallower levels to the deepest level's grid, concatenate (MFF), embed (OCE)."""
         aligned = [align(feature) for align, feature in zip(self.align, features[:-1], strict=True)]
         return self.oce(torch.cat([*aligned, features[-1]], dim=1)).contiguous()
 
@@ -217,6 +228,7 @@ class DeResNetDecoder(nn.Module):
         init_weights(self)
 
     def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        """Decode the embedding deepest stage first; return the stages' outputs shallow to deep."""
         outputs = []
         x = embedding
         for stage in self.stages:
@@ -249,15 +261,23 @@ class RD4ADModel(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
-            backbone, layers, pre_trained=pre_trained, weights=weights, allow_download=allow_download
+            backbone,
+            layers,
+            pre_trained=pre_trained,
+            weights=weights,
+            allow_download=allow_download,
         )
         for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
+            parameter.requires_grad_(requires_grad=False)
         shapes = feature_shapes(self.encoder)
         self.student_relu = student_relu_flags(student_activation, self.encoder)
         self.bottleneck = OneClassBottleneck(shapes, oce_blocks=oce_blocks, oce_width=oce_width)
         self.decoder = DeResNetDecoder(
-            shapes, self.bottleneck.out_channels, decoder_blocks, decoder_width_ratio, output_relu=self.student_relu
+            shapes,
+            self.bottleneck.out_channels,
+            decoder_blocks,
+            decoder_width_ratio,
+            output_relu=self.student_relu,
         )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
 
@@ -268,7 +288,9 @@ class RD4ADModel(nn.Module):
         return self
 
     def forward(
-        self, images: torch.Tensor, teacher_features: list[torch.Tensor] | None = None
+        self,
+        images: torch.Tensor,
+        teacher_features: list[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Teacher and student features (training) or the anomaly map and score (eval).
 

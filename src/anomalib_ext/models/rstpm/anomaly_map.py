@@ -12,12 +12,15 @@ reference code's ``21 x 21`` mean pooling followed by the maximum.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DRAEM_POOL_KERNEL = 21
 

@@ -32,20 +32,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Resize
 
@@ -58,6 +51,16 @@ from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
 from .torch_model import LossMode, RSTPMModel, Student2Input, Student2Variant
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +118,13 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         anomaly_source: AnomalySource | str = AnomalySource.PERLIN,
         anomaly_probability: float = 0.5,
         blend_factor: float | tuple[float, float] = (0.1, 1.0),
-        lr: float = 0.4,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        lr_student2: float | None = None,
-        lr_discriminator: float = 1e-4,
-        weight_decay_discriminator: float = 1e-4,
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 0.4,  # noqa: ARG002
+        momentum: float = 0.9,  # noqa: ARG002
+        weight_decay: float = 1e-4,  # noqa: ARG002
+        lr_student2: float | None = None,  # noqa: ARG002
+        lr_discriminator: float = 1e-4,  # noqa: ARG002
+        weight_decay_discriminator: float = 1e-4,  # noqa: ARG002
         discriminator_width: int = 64,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from kornia.losses import FocalLoss
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def layer_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -23,8 +26,10 @@ def layer_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 class StudentTeacherLoss(nn.Module):
     """Eq. 6: the layer losses summed over every (teacher, student) pair given."""
 
-    def forward(
-        self, teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor]
+    def forward(  # noqa: PLR6301  # nn.Module.forward: an instance method, called through __call__
+        self,
+        teacher_features: Sequence[torch.Tensor],
+        student_features: Sequence[torch.Tensor],
     ) -> torch.Tensor:
         """Sum of :func:`layer_loss` over aligned lists of teacher and student features."""
         losses = [layer_loss(t, s) for t, s in zip(teacher_features, student_features, strict=True)]

@@ -14,10 +14,8 @@ can paste pseudo-anomalies on un-normalised images and the exported graph takes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from anomalib.data import InferenceBatch
@@ -30,6 +28,10 @@ from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 
 class Student2Variant(StrEnum):
@@ -141,7 +143,7 @@ class RSTPMModel(nn.Module):
         self.student1 = create_backbone(teacher1, student1_layers, pre_trained=False, requires_grad=True)
         self.teacher2 = create_backbone(teacher2, layers2, pre_trained, teacher2_weights, allow_download)
         for teacher in (self.teacher1, self.teacher2):
-            teacher.requires_grad_(False)
+            teacher.requires_grad_(requires_grad=False)
         deep_channels = feature_shapes(self.teacher1)[-1][0]
         target_channels = [channels for channels, _ in feature_shapes(self.teacher2)]
         self.student2 = ReconstructionStudent(
@@ -199,7 +201,11 @@ class RSTPMModel(nn.Module):
     def summed_maps(self, features: RSTPMFeatures, image_size: Sequence[int]) -> torch.Tensor:
         """``(B, 3, H, W)``: ``m1+m6, m2+m5, m3+m4``, the discriminator's input."""
         return self.anomaly_map_generator.summed_maps(
-            features.teacher1, features.student1, features.teacher2, features.student2, image_size=image_size
+            features.teacher1,
+            features.student1,
+            features.teacher2,
+            features.student2,
+            image_size=image_size,
         )
 
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

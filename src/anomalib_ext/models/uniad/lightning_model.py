@@ -18,19 +18,12 @@ Train one model on several categories with :class:`anomalib_ext.data.UnifiedMult
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
-from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -41,6 +34,16 @@ from anomalib_ext.components.options import parse_option
 
 from .loss import UniADLoss
 from .torch_model import DEFAULT_BACKBONE, PositionEmbedding, UniADModel
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anomalib.data import Batch
+    from anomalib.metrics import Evaluator
+    from anomalib.post_processing import PostProcessor
+    from anomalib.visualization import Visualizer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 __all__ = ["UniAD"]
 
@@ -96,10 +99,11 @@ class UniAD(EvaluationDefaults, AnomalibModule):
         pos_embed: PositionEmbedding | str = PositionEmbedding.LEARNED,
         pool_size: int = 16,
         cache_teacher_features: bool = False,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-4,
-        lr_step_epochs: int = 800,
-        lr_gamma: float = 0.1,
+        # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
+        lr: float = 1e-4,  # noqa: ARG002
+        weight_decay: float = 1e-4,  # noqa: ARG002
+        lr_step_epochs: int = 800,  # noqa: ARG002
+        lr_gamma: float = 0.1,  # noqa: ARG002
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

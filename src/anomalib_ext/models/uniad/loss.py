@@ -13,6 +13,6 @@ from torch.nn import functional as F  # noqa: N812
 class UniADLoss(nn.Module):
     """``mse(reconstruction, features)`` averaged over batch, channels and grid."""
 
-    def forward(self, features: Tensor, reconstruction: Tensor) -> Tensor:
+    def forward(self, features: Tensor, reconstruction: Tensor) -> Tensor:  # noqa: PLR6301  # nn.Module.forward
         """Return the scalar loss."""
         return F.mse_loss(reconstruction, features.detach())

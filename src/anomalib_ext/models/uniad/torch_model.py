@@ -19,9 +19,8 @@ the shared backbone component can build works (e.g. the offline ``efficientnet_l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from anomalib.data import InferenceBatch
@@ -34,6 +33,10 @@ from anomalib_ext.components.feature_jitter import FeatureJitter
 from anomalib_ext.components.neighbor_attention import MaskedEncoderLayer, QueryDecoderLayer, neighbor_mask
 
 from .anomaly_map import AnomalyMapGenerator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 DEFAULT_BACKBONE = "tf_efficientnet_b4.aa_in1k"
 
@@ -195,7 +198,10 @@ class UniADModel(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor] | InferenceBatch:
         """Training: ``(features, reconstruction)`` for the loss. Eval: ``InferenceBatch`` with map and score."""
         if tuple(images.shape[-2:]) != self.input_size:
-            msg = f"UniAD was built for {self.input_size} inputs (its grid and queries depend on it), got {tuple(images.shape[-2:])}."
+            msg = (
+                f"UniAD was built for {self.input_size} inputs (its grid and queries depend on it), "
+                f"got {tuple(images.shape[-2:])}."
+            )
             raise ValueError(msg)
         features = self.extract_features(images)
         reconstruction = self.reconstruct(features)
