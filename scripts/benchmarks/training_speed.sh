@@ -3,7 +3,8 @@
 # fwd / backward / optimiser ms per step, epoch wall vs the model's own compute, validation) on MVTec 3D-AD
 # tire (210 train images of 600x800, scripts/datasets/prepare.py) and MTD, 256 px, batch 16, offline Lite0.
 # One run at a time on a quiet machine (2-core CPU): the rows record the load average before and after.
-# Usage: bash scripts/benchmarks/training_speed.sh
+# Usage: bash scripts/benchmarks/training_speed.sh          (every row)
+#        bash scripts/benchmarks/training_speed.sh quick    (the three RD4AD-on-tire rows: image and teacher caches)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -23,6 +24,7 @@ profile "RD4AD" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2
 profile "RD4AD, no image cache" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --no-image-cache
 profile "RD4AD, teacher features cached" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 \
   --model-args '{"cache_teacher_features": true}'
+[ "${1:-}" = quick ] && exit 0
 profile "RD4AD, bf16-mixed" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --train-precision bf16-mixed
 profile "UniAD" --model UniAD --data datasets/tire --epochs 2 --model-args '{"backbone": "efficientnet_lite0",
   "layers": [0, 1, 2, 3], "input_size": [256, 256], "neighbor_size": [9, 9], "pool_size": 18}'
