@@ -23,6 +23,8 @@ import torch
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from .progress import unit_range
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -116,7 +118,7 @@ class PerCategoryMetrics(Callback):
             fields = gathered[name]
             for field in self.score_fields:
                 if field in fields:
-                    fields[field] = _min_max(fields[field])
+                    fields[field] = unit_range(fields[field]).float()
             for template in self.templates:
                 if any(field not in fields for field in template.fields):
                     continue  # e.g. pixel metrics without masks
@@ -162,10 +164,3 @@ def _gather_rows(outputs: dict[str, dict[str, list[Any]]], world_size: int) -> d
         keep = list(first.values())
         merged[name] = {field: torch.cat(values)[keep] for field, values in tensors.items()}
     return merged
-
-
-def _min_max(values: torch.Tensor) -> torch.Tensor:
-    """Affine map of ``values`` onto [0, 1] (all zeros if constant); keeps their order."""
-    values = values.double()
-    low, high = values.min(), values.max()
-    return ((values - low) / (high - low).clamp_min(1e-12)).float()

@@ -98,6 +98,18 @@ def score_test_set(
                 maps.append(anomaly_map.flatten().cpu())
                 masks.append(batch.gt_mask.flatten().int())
     pl_module.train(was_training)
-    image_auroc = float(binary_auroc(torch.cat(scores), torch.cat(labels)))
-    pixel_auroc = float(binary_auroc(torch.cat(maps), torch.cat(masks))) if masks else None
+    image_auroc = float(binary_auroc(unit_range(torch.cat(scores)), torch.cat(labels)))
+    pixel_auroc = float(binary_auroc(unit_range(torch.cat(maps)), torch.cat(masks))) if masks else None
     return image_auroc, pixel_auroc
+
+
+def unit_range(values: torch.Tensor) -> torch.Tensor:
+    """Affine map of ``values`` onto [0, 1] in float64 (all zeros if constant); keeps their order.
+
+    torchmetrics' binary AUROC treats scores outside [0, 1] as logits and applies a sigmoid, which
+    rounds raw scores above about 17 (UniAD's reconstruction errors are about 100) to exactly 1.0
+    and ties them all; an affine rescaling changes no AUROC and avoids that.
+    """
+    values = values.double()
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low).clamp_min(1e-12)
