@@ -101,3 +101,16 @@ def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path: Path) -> N
         assert row["optimiser ms"] > 0
         assert row["compute s"] <= row["train epoch s"]
         assert row["epoch / compute"] >= 1.0
+
+
+def test_profile_rows_keep_their_units_in_the_report(tmp_path: Path) -> None:
+    """Milliseconds stay milliseconds in the Markdown table (the writer prints bare floats as percentages)."""
+    from anomalib_ext.benchmark.profile import PROFILE_COLUMNS, profile_cells
+    from anomalib_ext.benchmark.report import append_row
+
+    row = {"model": "RD4AD", "data ms": 13.4, "epoch / compute": 1.104, "steps": 14}
+    append_row(tmp_path / "table.md", "speed", profile_cells(row), PROFILE_COLUMNS)
+    line = (tmp_path / "table.md").read_text().strip().splitlines()[-1].split(" | ")
+    assert line[PROFILE_COLUMNS.index("data ms")] == "13.4"
+    assert line[PROFILE_COLUMNS.index("epoch / compute")] == "1.10"
+    assert line[PROFILE_COLUMNS.index("steps")] == "14"

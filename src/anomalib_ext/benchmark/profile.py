@@ -279,6 +279,17 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{**common, **epoch} for epoch in profiler.epochs]
 
 
+def profile_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its times as text (ms and s to 0.1, the ratio to 0.01).
+
+    The report writer prints floats as percentages (its metric columns); times must not be scaled.
+    """
+    return {
+        key: (f"{value:.2f}" if key == "epoch / compute" else f"{value:.1f}") if isinstance(value, float) else value
+        for key, value in row.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """``anomalib-ext profile``: the benchmark's options (``--model``, ``--data``, ...), one row per epoch."""
     from .cli import parse_args
@@ -286,14 +297,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     for name in args.models:
-        rows = run_profile(argparse.Namespace(**{**vars(args), "model": name}))
-        for row in rows:
-            print(
-                " | ".join(
-                    f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}"
-                    for key, value in row.items()
-                ),
-            )
+        for row in run_profile(argparse.Namespace(**{**vars(args), "model": name})):
+            text = profile_cells(row)
+            print(" | ".join(f"{key}: {value}" for key, value in text.items()))
             if args.output:
-                append_row(args.output, args.section, row, PROFILE_COLUMNS)
+                append_row(args.output, args.section, text, PROFILE_COLUMNS)
     return 0
