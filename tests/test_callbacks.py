@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_ext.callbacks import score_test_set
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomalib_ext.data import MVTecStyle
 
 
 class FixedScores(nn.Module):
@@ -31,3 +37,17 @@ def test_scores_far_above_one_are_ranked_not_squashed() -> None:
     image_auroc, pixel_auroc = score_test_set(module, [batch])  # type: ignore[arg-type]
     assert image_auroc == 1.0
     assert pixel_auroc == 1.0
+
+
+def test_memory_bank_models_have_no_curve(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
+    """PaDiM fits its Gaussians only when validation starts: scoring at the epoch's end must not run."""
+    from anomalib.models import Padim
+
+    from anomalib_ext.callbacks import TestCurve
+    from tests.helpers import make_engine
+
+    tiny_datamodule.setup()
+    curve = TestCurve(tiny_datamodule.test_dataloader(), every=1)
+    model = Padim(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=32, visualizer=False)
+    make_engine(tmp_path, max_epochs=1, callbacks=[curve]).fit(model, datamodule=tiny_datamodule)
+    assert curve.points == []

@@ -44,6 +44,10 @@ class TestCurve(Callback):
     thresholds and normalisation; this callback only scores, from the raw model outputs (AUROC
     does not depend on a monotonic normalisation), so the curve costs one test pass per point
     and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``.
+
+    Memory-bank models (anomalib's ``MemoryBankMixin``: PaDiM, PatchCore) have no curve: they
+    collect features in one pass and only fit their model when validation starts, after the
+    epoch's end, so there is nothing to score here; they are skipped.
     """
 
     def __init__(self, dataloader: Iterable[Batch], every: int) -> None:
@@ -56,8 +60,10 @@ class TestCurve(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score the test split every ``every`` epochs and after the last one; record and print the point."""
+        from anomalib.models.components import MemoryBankMixin
+
         epoch = trainer.current_epoch + 1
-        if epoch % self.every and epoch != trainer.max_epochs:
+        if isinstance(pl_module, MemoryBankMixin) or (epoch % self.every and epoch != trainer.max_epochs):
             return
         image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader)
         self.points.append((epoch, image_auroc, pixel_auroc))
