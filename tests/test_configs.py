@@ -7,12 +7,13 @@ otherwise only fail when a user runs ``anomalib train --config``. Ablation confi
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 
 import pytest
 import yaml
+
+from anomalib_ext.benchmark.models import resolve_model_class
 
 CONFIGS = sorted(
     path
@@ -25,12 +26,6 @@ MODEL_OF_FOLDER = {
     "rstpm": "anomalib_ext.RSTPM",
     "uniad": "anomalib_ext.UniAD",
 }
-
-
-def resolve(class_path: str) -> type:
-    """The class a config's ``class_path`` names."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def accepted_arguments(cls: type) -> set[str]:
@@ -52,9 +47,9 @@ def test_config_arguments_exist(path: Path) -> None:
         if not entry:
             continue
         if "class_path" in entry:
-            cls = resolve(entry["class_path"])
+            cls = resolve_model_class(entry["class_path"])
         elif section == "model":  # a partial (ablation) config: its folder's model
-            cls = resolve(MODEL_OF_FOLDER[path.parent.name])
+            cls = resolve_model_class(MODEL_OF_FOLDER[path.parent.name])
         else:
             continue
         unknown = set(entry.get("init_args", {})) - accepted_arguments(cls)

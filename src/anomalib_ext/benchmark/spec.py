@@ -100,8 +100,14 @@ def select(commands: list[list[str]], only: str | None) -> list[list[str]]:
         return commands
 
     def fields(command: list[str]) -> str:
-        keys = {"--model", "--label", "--data"}
-        return " ".join(command[i + 1] for i, token in enumerate(command[:-1]) if token in keys)
+        """Every value of ``--model`` (a run may list several), ``--label`` and ``--data``."""
+        keys, values, taking = {"--model", "--label", "--data"}, [], False
+        for token in command:
+            if token.startswith("--"):
+                taking = token in keys
+            elif taking:
+                values.append(token)
+        return " ".join(values)
 
     return [command for command in commands if only in fields(command)]
 
