@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from anomalib_ext.benchmark.profile import StepProfiler, frozen_networks
+from anomalib_ext.benchmark.profile import StepProfiler, parameterised_networks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,9 +70,54 @@ class Distillation(LightningModule):
         return torch.optim.SGD(self.model["student"].parameters(), lr=0.1)
 
 
-def test_frozen_networks_are_the_untrainable_children() -> None:
-    """Only the child whose parameters are all frozen counts as a frozen network."""
-    assert list(frozen_networks(Distillation().model)) == ["teacher"]
+class StagedDistillation(Distillation):
+    """Epoch 1 trains the student; epoch 2 freezes it (as RSTPM's stage 2 does) and trains a head on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model["head"] = nn.Linear(8, 8)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """Epoch 1: the distillation loss. Epoch 2: the frozen student's output through the trained head."""
+        if self.current_epoch == 0:
+            return super().training_step(batch, batch_idx)
+        self.model["student"].requires_grad_(requires_grad=False)
+        return self.model["head"](self.model["student"](batch)).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD on the student and the head."""
+        return torch.optim.SGD([*self.model["student"].parameters(), *self.model["head"].parameters()], lr=0.1)
+
+
+def test_parameterised_networks_are_the_children_with_weights() -> None:
+    """Every top-level child with parameters is a candidate; whether it is frozen is decided per call."""
+    model = Distillation().model
+    model["activation"] = nn.ReLU()
+    assert list(parameterised_networks(model)) == ["teacher", "student"]
+
+
+def test_a_network_frozen_by_a_later_stage_counts_as_frozen(tmp_path: Path) -> None:
+    """The student's forward is "trained fwd" while it trains, "frozen fwd" once a stage freezes it."""
+    slow_student = SlowTeacher().requires_grad_(requires_grad=True)
+    module = StagedDistillation()
+    module.model["student"] = slow_student
+    profiler = StepProfiler()
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[profiler],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(SlowData(), batch_size=1))
+    stage1, stage2 = profiler.epochs
+    assert 1000 * TEACHER_SLEEP <= stage1["frozen fwd ms"] < 1000 * 2 * TEACHER_SLEEP  # the teacher only
+    assert stage1["trained fwd ms"] >= 1000 * TEACHER_SLEEP  # the slow student, while it trains
+    assert stage2["frozen fwd ms"] >= 1000 * TEACHER_SLEEP  # the frozen student
+    assert stage2["trained fwd ms"] < 1000 * TEACHER_SLEEP
 
 
 @pytest.mark.parametrize("manual", [False, True])

@@ -3,8 +3,9 @@
 # fwd / backward / optimiser ms per step, epoch wall vs the model's own compute, validation) on MVTec 3D-AD
 # tire (210 train images of 600x800, scripts/datasets/prepare.py) and MTD, 256 px, batch 16, offline Lite0.
 # One run at a time on a quiet machine (2-core CPU): the rows record the load average before and after.
-# Usage: bash scripts/benchmarks/training_speed.sh          (every row)
+# Usage: bash scripts/benchmarks/training_speed.sh          (every row, about an hour)
 #        bash scripts/benchmarks/training_speed.sh quick    (the three RD4AD-on-tire rows: image and teacher caches)
+#        bash scripts/benchmarks/training_speed.sh rest     (every row but those three)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -20,16 +21,29 @@ profile() {  # label, then any profile options
   "$VENV/bin/anomalib-ext" profile --label "$label" --work-dir "$WORK/$(echo "$label" | tr ' /=,' '____')" "${COMMON[@]}" "$@"
 }
 
-profile "RD4AD" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2
-profile "RD4AD, no image cache" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --no-image-cache
-profile "RD4AD, teacher features cached" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 \
-  --model-args '{"cache_teacher_features": true}'
-[ "${1:-}" = quick ] && exit 0
+MODE="${1:-all}"
+UNIAD=(--model-args '{"backbone": "efficientnet_lite0", "layers": [0, 1, 2, 3], "input_size": [256, 256],
+  "neighbor_size": [9, 9], "pool_size": 18}')
+RSTPM_LITE0='"teacher1": "efficientnet_lite0", "teacher2": "efficientnet_lite0",
+  "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"], "layers2": ["blocks.1", "blocks.2", "blocks.4"]'
+
+if [ "$MODE" != rest ]; then
+  profile "RD4AD" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2
+  profile "RD4AD, no image cache" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --no-image-cache
+  profile "RD4AD, teacher features cached" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 \
+    --model-args '{"cache_teacher_features": true}'
+fi
+[ "$MODE" = quick ] && exit 0
 profile "RD4AD, bf16-mixed" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --train-precision bf16-mixed
-profile "UniAD" --model UniAD --data datasets/tire --epochs 2 --model-args '{"backbone": "efficientnet_lite0",
-  "layers": [0, 1, 2, 3], "input_size": [256, 256], "neighbor_size": [9, 9], "pool_size": 18}'
-profile "RSTPM (stage 1, then stage 2)" --model RSTPM --data datasets/tire --epochs 2 --model-args '{"teacher1":
-  "efficientnet_lite0", "teacher2": "efficientnet_lite0", "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
-  "layers2": ["blocks.1", "blocks.2", "blocks.4"]}'
+profile "UniAD" --model UniAD --data datasets/tire --epochs 2 "${UNIAD[@]}"
+# RSTPM: epoch 1 is stage 1 (the students), epoch 2 stage 2 (the discriminator, width 64 = the report's)
+profile "RSTPM (stage 1, then stage 2)" --model RSTPM --data datasets/tire --epochs 2 \
+  --model-args "{$RSTPM_LITE0, \"stage1_epochs\": 1}"
+profile "RSTPM (stage 1, then stage 2), bf16-mixed" --model RSTPM --data datasets/tire --epochs 2 \
+  --model-args "{$RSTPM_LITE0, \"stage1_epochs\": 1}" --train-precision bf16-mixed
+profile "RSTPM (stage 1, then stage 2), discriminator_width=32" --model RSTPM --data datasets/tire --epochs 2 \
+  --model-args "{$RSTPM_LITE0, \"stage1_epochs\": 1, \"discriminator_width\": 32}"
 profile "RD4AD" --model RD4AD --data ../shared/datasets/mtd "${RD4AD[@]}" --epochs 2
-profile "RD4AD, no image cache" --model RD4AD --data ../shared/datasets/mtd "${RD4AD[@]}" --epochs 2 --no-image-cache
+profile "UniAD" --model UniAD --data ../shared/datasets/mtd --epochs 2 "${UNIAD[@]}"
+profile "RSTPM (stage 1 only)" --model RSTPM --data ../shared/datasets/mtd --epochs 2 \
+  --model-args "{$RSTPM_LITE0, \"stage1_epochs\": 2}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,27 @@ def test_losses() -> None:
     mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
     confident = torch.stack([1 - mask[:, 0], mask[:, 0]], dim=1) * 20 - 10
     assert float(DiscriminatorLoss()(confident, mask)) < float(DiscriminatorLoss()(-confident, mask))
+
+
+def test_discriminator_runs_channels_last_with_the_same_maths() -> None:
+    """The NHWC discriminator (a speed layout) gives the NCHW network's logits and gradients.
+
+    Assumes f32 on the CPU: oneDNN may pick a different convolution algorithm per layout, so the
+    comparison allows float rounding (1e-5 of the largest logit), not bit equality.
+    """
+    torch.manual_seed(0)
+    model = tiny_model(pre_trained=False).model
+    assert model.discriminator.encoder_segment.block1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    model.eval()  # BatchNorm on running statistics: batch statistics of 2 images amplify rounding
+    reference = copy.deepcopy(model.discriminator).to(memory_format=torch.contiguous_format)
+    summed = torch.rand(2, 3, 64, 64)
+    logits = model.discriminate(summed)
+    expected = reference(summed.contiguous())
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    logits.square().mean().backward()
+    expected.square().mean().backward()
+    for got, want in zip(model.discriminator.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_pseudo_anomalies(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ milliseconds per step in
 
 - **data**: waiting for the next batch (decoding, resizing, collation, host-to-device copy);
 - **frozen fwd**: forward passes of the networks that are not trained (teachers: the model's
-  top-level sub-networks whose parameters all have ``requires_grad=False``), timed with hooks;
+  top-level sub-networks whose parameters all have ``requires_grad=False`` at the call, so
+  RSTPM's students count here in stage 2), timed with hooks;
 - **trained fwd**: the rest of the forward pass and the loss;
 - **backward** and **optimiser** (``optimizer.step``, every optimiser the step uses);
 - **other**: what is left of the step (Lightning's hooks, logging);
@@ -64,22 +65,18 @@ PROFILE_COLUMNS = [
 ]
 
 
-def frozen_networks(model: nn.Module) -> dict[str, nn.Module]:
-    """Top-level sub-networks of ``model`` with parameters, none of them trainable (the teachers)."""
-    frozen = {}
-    for name, child in model.named_children():
-        parameters = list(child.parameters())
-        if parameters and not any(parameter.requires_grad for parameter in parameters):
-            frozen[name] = child
-    return frozen
+def parameterised_networks(model: nn.Module) -> dict[str, nn.Module]:
+    """Top-level sub-networks of ``model`` that have parameters (the candidates for "frozen fwd")."""
+    return {name: child for name, child in model.named_children() if next(child.parameters(), None) is not None}
 
 
 class StepProfiler(Callback):
     """Split every training step's wall time into data / frozen fwd / trained fwd / backward / optimiser.
 
     Args:
-        frozen: the networks whose forward passes count as "frozen fwd" (default: found at
-            ``on_fit_start`` in ``pl_module.model`` by :func:`frozen_networks`).
+        frozen: the networks whose forward passes count as "frozen fwd" when none of their
+            parameters is trainable at the call (default: every top-level sub-network of
+            ``pl_module.model`` with parameters, :func:`parameterised_networks`).
     """
 
     def __init__(self, frozen: dict[str, nn.Module] | None = None) -> None:
@@ -104,9 +101,14 @@ class StepProfiler(Callback):
         self._validation = self._validation_start = 0.0
 
     # ------------------------------------------------------------------ frozen-network hooks
-    def _frozen_pre(self, *_: object) -> None:
-        """Forward pre-hook of a frozen network (its module and inputs are not needed)."""
-        self._frozen_start = self._now()
+    def _frozen_pre(self, module: nn.Module, *_: object) -> None:
+        """Forward pre-hook: start the clock if ``module`` is frozen now (its inputs are not needed).
+
+        Checked per call, so a network a later training stage freezes (RSTPM's students in stage 2)
+        counts as frozen from then on.
+        """
+        if not any(parameter.requires_grad for parameter in module.parameters()):
+            self._frozen_start = self._now()
 
     def _frozen_post(self, *_: object) -> None:
         """Forward hook of a frozen network: add its forward time (module, inputs, output not needed)."""
@@ -118,7 +120,8 @@ class StepProfiler(Callback):
         """Hook the frozen networks' forward passes; synchronise the clock on a GPU."""
         del trainer  # Lightning's hook signature; not needed here
         self._sync = pl_module.device.type == "cuda"
-        networks = self.frozen if self.frozen is not None else frozen_networks(getattr(pl_module, "model", pl_module))
+        model = getattr(pl_module, "model", pl_module)
+        networks = self.frozen if self.frozen is not None else parameterised_networks(model)
         for network in networks.values():
             self._handles.append(network.register_forward_pre_hook(self._frozen_pre))
             self._handles.append(network.register_forward_hook(self._frozen_post))

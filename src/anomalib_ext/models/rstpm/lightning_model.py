@@ -283,7 +283,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             with torch.no_grad():
                 augmented, mask = self.anomaly_generator(batch.image)
                 summed = self.model.summed_maps(self.model.features(augmented), augmented.shape[-2:])
-            loss = self.discriminator_loss(self.model.discriminator(summed), mask)
+            loss = self.discriminator_loss(self.model.discriminate(summed), mask)
             optimizers[-1].zero_grad()
             self.manual_backward(loss)
             optimizers[-1].step()

@@ -154,6 +154,9 @@ class RSTPMModel(nn.Module):
             nonnegative_outputs(self.teacher2),
         )
         self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
+        # Same weights and maths, NHWC layout: oneDNN runs this full-resolution U-Net (most of stage 2's
+        # compute) about 1.25x faster in f32 and 2-4x faster under bf16 autocast than in NCHW on CPU.
+        self.discriminator.to(memory_format=torch.channels_last)
         self.anomaly_map_generator = AnomalyMapGenerator()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -208,10 +211,14 @@ class RSTPMModel(nn.Module):
             image_size=image_size,
         )
 
+    def discriminate(self, summed: torch.Tensor) -> torch.Tensor:
+        """The discriminator's 2-class logits for the summed maps, computed in channels-last layout."""
+        return self.discriminator(summed.contiguous(memory_format=torch.channels_last))
+
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All three maps for ``images``: ``student_teacher``, ``discriminator`` and ``combined``."""
         summed = self.summed_maps(self.features(images), images.shape[-2:])
-        return self.anomaly_map_generator(summed, self.discriminator(summed))
+        return self.anomaly_map_generator(summed, self.discriminate(summed))
 
     def forward(self, images: torch.Tensor) -> RSTPMFeatures | InferenceBatch:
         """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its image score."""
