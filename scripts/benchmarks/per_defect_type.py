@@ -15,20 +15,26 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_ext.benchmark.models import resolve_model_class
-from anomalib_ext.data import MVTecStyle
+from anomalib_ext.benchmark.runner import make_datamodule
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningDataModule
+
+Scores = dict[str, dict[str, list[torch.Tensor]]]
 
 
-def score_test_split(model: torch.nn.Module, datamodule: MVTecStyle) -> dict[str, dict[str, list[torch.Tensor]]]:
+def score_test_split(model: torch.nn.Module, datamodule: LightningDataModule) -> Scores:
     """Per test image: its defect type, and for every map variant the image score and the map with its mask."""
     from anomalib_ext.models.rd4ad.anomaly_map import layer_distance_maps
 
     torch_model = model.model
-    results: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+    results: Scores = defaultdict(lambda: defaultdict(list))
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
             images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
@@ -51,7 +57,7 @@ def score_test_split(model: torch.nn.Module, datamodule: MVTecStyle) -> dict[str
     return results
 
 
-def auroc_table(results: dict[str, dict[str, list[torch.Tensor]]]) -> str:
+def auroc_table(results: Scores) -> str:
     """Markdown: image and pixel AUROC of each defect type's images together with the ``good`` ones, per variant."""
     variants = [name for name in results["good"] if not name.endswith("_map") and name != "mask"]
     lines = [
@@ -84,9 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     if not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    model = resolve_model_class(args.model).load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
-    datamodule = MVTecStyle(args.data, image_size=args.image_size, eval_batch_size=16, num_workers=0)
-    datamodule.setup()
+    model_cls = resolve_model_class(args.model)
+    model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    datamodule = make_datamodule(argparse.Namespace(**vars(args), batch_size=16, num_workers=0), model_cls)
     print(auroc_table(score_test_split(model, datamodule)))
 
 

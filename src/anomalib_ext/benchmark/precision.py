@@ -91,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m anomalib_ext.benchmark.precision --model RD4AD --checkpoint CKPT --data DIR``."""
     import argparse
 
-    from anomalib_ext.data import MVTecStyle
-
     from .models import resolve_model_class
     from .report import DEPLOY_COLUMNS, append_row
+    from .runner import make_datamodule
     from .timing import hardware
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -109,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_cls: Any = resolve_model_class(args.model)
     model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    datamodule = MVTecStyle(
-        args.data,
-        image_size=args.image_size,
-        train_batch_size=args.batch_size,
-        eval_batch_size=args.batch_size,
-    )
-    datamodule.setup()
+    datamodule = make_datamodule(argparse.Namespace(**vars(args), num_workers=0), model_cls)
     for row in precision_rows(model.eval(), datamodule, args.image_size, args.work_dir):
         labelled = {**row, "model": args.model, "dataset": args.data.name, "hardware": hardware()}
         print(labelled)
