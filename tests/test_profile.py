@@ -148,6 +148,40 @@ def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path: Path) -> N
         assert row["epoch / compute"] >= 1.0
 
 
+class SlowMetrics(Distillation):
+    """Distillation with a validation set whose end-of-epoch metrics take ``TEACHER_SLEEP`` seconds."""
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:  # noqa: PLR6301 (Lightning hook)
+        """Nothing per batch: the cost is in the epoch-end metric."""
+        del batch, batch_idx  # Lightning's signature
+
+    def on_validation_epoch_end(self) -> None:  # noqa: PLR6301 (Lightning hook)
+        """A slow metric computation, as anomalib's evaluator runs at the end of validation."""
+        time.sleep(TEACHER_SLEEP)
+
+
+def test_end_of_validation_metrics_count_as_validation(tmp_path: Path) -> None:
+    """Metrics computed at the end of validation (after the profiler's own hook) are not training time."""
+    profiler = StepProfiler()
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[profiler],
+        default_root_dir=tmp_path,
+    )
+    data = DataLoader(SlowData(), batch_size=1)
+    trainer.fit(SlowMetrics(), data, data)
+    (row,) = profiler.epochs
+    assert row["validation s"] >= TEACHER_SLEEP
+    step_seconds = row["steps"] * (row["data ms"] + row["frozen fwd ms"]) / 1000
+    assert row["train epoch s"] < step_seconds + TEACHER_SLEEP
+
+
 def test_profile_rows_keep_their_units_in_the_report(tmp_path: Path) -> None:
     """Milliseconds stay milliseconds in the Markdown table (the writer prints bare floats as percentages)."""
     from anomalib_ext.benchmark.profile import PROFILE_COLUMNS, profile_cells

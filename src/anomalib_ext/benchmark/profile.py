@@ -201,13 +201,18 @@ class StepProfiler(Callback):
         self._last_end = now
         self._step_start = 0.0
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the validation clock."""
         del trainer, pl_module  # Lightning's hook signature; only the time matters
         self._validation_start = self._now()
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Add the validation time to the epoch's, so that it can be taken out of the training time."""
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Add the validation time to the epoch's, so that it can be taken out of the training time.
+
+        ``on_validation_end``, not ``on_validation_epoch_end``: the end-of-epoch hooks of the
+        callbacks after this one (anomalib's evaluator computes its metrics there) and of the
+        module run after this callback's, and are validation work.
+        """
         del trainer, pl_module  # Lightning's hook signature; only the time matters
         if self._epoch_start:  # in-fit validation: it runs inside the training epoch, before its end hook
             self._validation += self._now() - self._validation_start
