@@ -29,6 +29,41 @@ def test_builtins_get_local_imagenet_weights_without_the_hub(name: str, attribut
     assert model.input_size == (64, 64)
 
 
+def test_one_pass_models_are_validated_at_the_epoch_they_stop() -> None:
+    """PaDiM stops after one epoch whatever the budget; RD4AD trains the budget it is given."""
+    from anomalib_ext.benchmark.runner import epochs_that_run
+
+    padim = build_model(resolve_model_class("Padim"), "efficientnet_lite0", LAYERS, 64, {"n_features": 50})
+    rd4ad = build_model(resolve_model_class("RD4AD"), "efficientnet_lite0", LAYERS, 64, {})
+    assert epochs_that_run(padim, 4) == 1
+    assert epochs_that_run(rd4ad, 4) == 4
+    assert epochs_that_run(rd4ad, 1) == 1
+
+
+@pytest.mark.slow
+def test_one_pass_model_row_has_thresholds_and_real_scores(texture_root: Path, tmp_path: Path) -> None:
+    """A 4-epoch budget for PaDiM still validates (thresholds, normalisation): scores are not all clamped to one value.
+
+    Before the fix, validation waited for epoch 4, which PaDiM never reaches, and its test AUROC read exactly 50.
+    """
+    import argparse
+
+    from anomalib_ext.benchmark.cli import parse_args
+    from anomalib_ext.benchmark.runner import run_benchmark
+
+    args = parse_args(
+        [
+            "--model", "Padim", "--data", str(texture_root / "brick"), "--backbone", "efficientnet_lite0",
+            "--layers", *LAYERS, "--image-size", "64", "--batch-size", "8", "--num-workers", "0",
+            "--epochs", "4", "--model-args", '{"n_features": 50}', "--work-dir", str(tmp_path),
+        ],
+    )  # fmt: skip
+    row = run_benchmark(argparse.Namespace(**{**vars(args), "model": "Padim"}))
+    assert row["epochs"] == 1
+    assert row["image AUROC"] != pytest.approx(0.5)
+    assert row["image AUROC"] > 0.6
+
+
 def test_unknown_model_name_is_reported() -> None:
     """A name found neither in anomalib_ext nor in anomalib.models fails with that name."""
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):

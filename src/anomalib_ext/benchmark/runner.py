@@ -42,6 +42,17 @@ def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -
     return datamodule
 
 
+def epochs_that_run(model: AnomalibModule, requested: int) -> int:
+    """The epochs ``model`` trains for under a budget of ``requested``.
+
+    anomalib's one-pass models (PaDiM, PatchCore: ``trainer_arguments`` ``max_epochs=1``) override
+    the trainer's budget. Validation must run at that last epoch: it fits their memory bank and
+    sets the post-processor's thresholds and normalisation, without which every test score is
+    clamped to the same value (an AUROC of exactly 50).
+    """
+    return min(requested, int(model.trainer_arguments.get("max_epochs") or requested))
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, test and time one model; return the row as a dict."""
     from anomalib.engine import Engine
@@ -64,7 +75,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         logger=False,
         callbacks=[EpochProgress(), *([curve] if curve else [])],
         enable_progress_bar=False,
-        check_val_every_n_epoch=args.epochs,  # validation is the test split: run it once, for the thresholds
+        # validation is the test split: run it once, at the last epoch that runs, for the thresholds
+        check_val_every_n_epoch=epochs_that_run(model, args.epochs),
         precision=getattr(args, "train_precision", "32-true"),
     )
     start = time.perf_counter()
@@ -84,7 +96,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "train precision": getattr(args, "train_precision", "32-true"),
         "backbone": model_backbone(model, args.backbone),
         "size": args.image_size,
-        "epochs": args.epochs,
+        "epochs": epochs_that_run(model, args.epochs),
         "image AUROC": metrics.get("image_AUROC"),
         "pixel AUROC": metrics.get("pixel_AUROC"),
         "AUPRO": metrics.get("pixel_AUPRO"),
