@@ -77,6 +77,7 @@ def spec_commands(path: str | Path) -> list[list[str]]:
                 msg = f"Benchmark spec {path}, run {index}: dataset {name!r} is not in `datasets` ({sorted(datasets)})."
                 raise SpecError(msg)
             options = {**defaults, **{k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}}
+            options = {"model": options.pop("model"), **options}  # the printed command starts with its model
             options["data"] = datasets[name]
             if spec.get("output"):
                 options.setdefault("output", spec["output"])
