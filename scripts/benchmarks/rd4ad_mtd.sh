@@ -2,7 +2,9 @@
 # RD4AD on MTD trained until its test curve flattens, to tell a short budget from a real gap to PaDiM:
 # offline TF Lite0 (blocks.1/2/4), the official recipe (Adam 0.005, betas (0.5, 0.999), batch 16), seed 0,
 # teacher features cached (bit-identical training, tests/test_feature_cache.py), test curve every 4 epochs.
-# Then the per-defect-type and per-layer breakdown of each run's checkpoint (scripts/benchmarks/per_defect_type.py).
+# Each trained model is also scored with the deepest layer's map alone and with the two deepest (map_layers
+# variants: the fused map of the official code sums all three). Then the per-defect-type and per-layer
+# breakdown of each run's checkpoint (scripts/benchmarks/per_defect_type.py).
 # Usage: bash scripts/benchmarks/rd4ad_mtd.sh [128|256 ...]     (default: 128 then 256)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,6 +20,7 @@ for size in "${sizes[@]}"; do
   "$VENV/bin/anomalib-ext" benchmark --model RD4AD --data "$DATA" --backbone efficientnet_lite0 \
     --layers blocks.1 blocks.2 blocks.4 --image-size "$size" --batch-size 16 --num-workers 0 \
     --epochs "${EPOCHS[$size]}" --curve-every 4 --model-args '{"cache_teacher_features": true}' \
+    --variants '{"map_layers": [2]}' '{"map_layers": [1, 2]}' \
     --label "RD4AD, $size px, ${EPOCHS[$size]} epochs" --work-dir "$WORK/$size" \
     --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
   checkpoint="$(find "$WORK/$size" -name model.ckpt | sort | tail -1)"

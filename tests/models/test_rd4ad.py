@@ -153,6 +153,25 @@ def test_map_sums_layers_and_smooths_with_a_33_pixel_kernel() -> None:
     assert torch.allclose(opposite, torch.full((1, 1, 64, 64), 4.0), atol=1e-4)  # (1 - (-1)) per layer, summed
 
 
+def test_map_layers_selects_the_fused_layers_after_training() -> None:
+    """``map_layers=[2]`` gives the deepest layer's map alone; ``None`` sums all; bad indices are refused."""
+    from anomalib_ext.models.rd4ad.anomaly_map import layer_distance_maps
+
+    torch.manual_seed(0)
+    model = _tiny_model(pre_trained=False).model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    teacher = list(model.encoder(images).values())
+    student = model.decoder(model.bottleneck(teacher))
+    maps = layer_distance_maps(teacher, student, (64, 64))
+    assert torch.allclose(model(images).anomaly_map, model.anomaly_map_generator.blur(sum(maps)), atol=1e-5)
+    model.map_layers = [2]
+    assert torch.allclose(model(images).anomaly_map, model.anomaly_map_generator.blur(maps[2]), atol=1e-5)
+    with pytest.raises(ValueError, match="map_layers"):
+        model.map_layers = [3]
+    with pytest.raises(ValueError, match="map_layers"):
+        RD4AD(**LITE0, pre_trained=False, map_layers=[])
+
+
 def test_teacher_stays_frozen_and_optimiser_follows_the_official_recipe() -> None:
     """The teacher stays in eval mode without gradients, and Adam (lr 0.005, betas 0.5/0.999) skips it."""
     model = _tiny_model()

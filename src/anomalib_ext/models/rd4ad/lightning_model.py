@@ -69,6 +69,9 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             the first epoch instead of recomputing them (the official recipe augments nothing, so
             they never change); needs training images without random augmentation, which it
             checks. Same training, less teacher compute (see ``components/feature_cache.py``).
+        map_layers: indices (shallow to deep) of the layers whose maps are fused into the anomaly
+            map; ``None`` (official): all of them. Training is unchanged (the loss always uses
+            every layer), so it can also be set after training (``model.model.map_layers``).
         lr, betas: Adam settings (official 0.005, ``(0.5, 0.999)``).
 
     The options are stored in ``hparams`` as plain strings, so checkpoints and config dumps hold
@@ -96,6 +99,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         loss_form: LossForm | str = LossForm.FLATTENED,
         cache_teacher_features: bool = False,
+        map_layers: Sequence[int] | None = None,
         # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
         lr: float = 0.005,  # noqa: ARG002
         betas: Sequence[float] = (0.5, 0.999),  # noqa: ARG002
@@ -127,6 +131,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             anomaly_map_mode=anomaly_map_mode,
             sigma=sigma,
             student_activation=student_activation,
+            map_layers=map_layers,
         )
         self.loss = RD4ADLoss(form=loss_form)
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None

@@ -258,6 +258,7 @@ class RD4ADModel(nn.Module):
         anomaly_map_mode: MapFusion | str = MapFusion.ADD,
         sigma: float = 4.0,
         student_activation: StudentActivation | str = StudentActivation.AUTO,
+        map_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
@@ -280,6 +281,20 @@ class RD4ADModel(nn.Module):
             output_relu=self.student_relu,
         )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
+        self.map_layers = map_layers  # validated by the setter
+
+    @property
+    def map_layers(self) -> list[int] | None:
+        """Indices (shallow to deep) of the layers whose distance maps make the anomaly map; ``None``: all."""
+        return self._map_layers
+
+    @map_layers.setter
+    def map_layers(self, value: Sequence[int] | None) -> None:
+        count = len(self.student_relu)  # one entry per teacher layer
+        if value is not None and (not value or any(not 0 <= int(index) < count for index in value)):
+            msg = f"map_layers must be None or a non-empty list of layer indices in [0, {count}); got {value!r}."
+            raise ValueError(msg)
+        self._map_layers = None if value is None else [int(index) for index in value]
 
     def train(self, mode: bool = True) -> RD4ADModel:
         """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""
@@ -301,5 +316,7 @@ class RD4ADModel(nn.Module):
         student = self.decoder(self.bottleneck(teacher))
         if self.training:
             return teacher, student
+        if self.map_layers is not None:  # a fixed Python list: the exported graph keeps only these layers
+            teacher, student = [teacher[i] for i in self.map_layers], [student[i] for i in self.map_layers]
         anomaly_map = self.anomaly_map_generator(teacher, student, (images.shape[-2], images.shape[-1]))
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
