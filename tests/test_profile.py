@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 DATA_SLEEP, TEACHER_SLEEP = 0.02, 0.03
 
 
+def quiet_trainer(profiler: StepProfiler, root: Path, max_epochs: int) -> Trainer:
+    """A CPU trainer with the profiler and nothing else: no logger, checkpoints, progress bar or sanity check."""
+    return Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[profiler],
+        default_root_dir=root,
+    )
+
+
 class SlowData(Dataset):
     """Four 8-vectors, each taking ``DATA_SLEEP`` seconds to load."""
 
@@ -102,16 +117,7 @@ def test_a_network_frozen_by_a_later_stage_counts_as_frozen(tmp_path: Path) -> N
     module = StagedDistillation()
     module.model["student"] = slow_student
     profiler = StepProfiler()
-    trainer = Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[profiler],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(profiler, tmp_path, max_epochs=2)
     trainer.fit(module, DataLoader(SlowData(), batch_size=1))
     stage1, stage2 = profiler.epochs
     assert 1000 * TEACHER_SLEEP <= stage1["frozen fwd ms"] < 1000 * 2 * TEACHER_SLEEP  # the teacher only
@@ -124,16 +130,7 @@ def test_a_network_frozen_by_a_later_stage_counts_as_frozen(tmp_path: Path) -> N
 def test_profile_splits_a_step_into_its_parts(manual: bool, tmp_path: Path) -> None:
     """Data wait, frozen forward and the rest each land in their own column, in both optimisation modes."""
     profiler = StepProfiler()
-    trainer = Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[profiler],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(profiler, tmp_path, max_epochs=2)
     trainer.fit(Distillation(manual), DataLoader(SlowData(), batch_size=1))
     assert [row["epoch"] for row in profiler.epochs] == [1, 2]
     for row in profiler.epochs:
@@ -163,17 +160,7 @@ class SlowMetrics(Distillation):
 def test_end_of_validation_metrics_count_as_validation(tmp_path: Path) -> None:
     """Metrics computed at the end of validation (after the profiler's own hook) are not training time."""
     profiler = StepProfiler()
-    trainer = Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[profiler],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(profiler, tmp_path, max_epochs=1)
     data = DataLoader(SlowData(), batch_size=1)
     trainer.fit(SlowMetrics(), data, data)
     (row,) = profiler.epochs
