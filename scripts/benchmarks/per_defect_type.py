@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_ext.benchmark.models import resolve_model_class
 from anomalib_ext.benchmark.runner import make_datamodule
+from anomalib_ext.callbacks.progress import unit_range
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule
@@ -57,6 +58,11 @@ def score_test_split(model: torch.nn.Module, datamodule: LightningDataModule) ->
     return results
 
 
+def percent_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUROC in percent, with the scores brought to [0, 1] first as the test curve does (no sigmoid ties)."""
+    return 100 * float(binary_auroc(unit_range(scores), labels.long()))
+
+
 def auroc_table(results: Scores) -> str:
     """Markdown: image and pixel AUROC of each defect type's images together with the ``good`` ones, per variant."""
     variants = [name for name in results["good"] if not name.endswith("_map") and name != "mask"]
@@ -69,12 +75,12 @@ def auroc_table(results: Scores) -> str:
         for name in variants:
             scores = torch.stack(results["good"][name] + results[defect][name])
             labels = torch.cat([torch.zeros(len(results["good"][name])), torch.ones(len(results[defect][name]))])
-            image = 100 * float(binary_auroc(scores, labels.long()))
+            image = percent_auroc(scores, labels)
             pixel = ""
             if f"{name}_map" in results[defect]:
                 pixels = torch.cat(results["good"][f"{name}_map"] + results[defect][f"{name}_map"])
                 masks = torch.cat(results["good"]["mask"] + results[defect]["mask"]).long()
-                pixel = f" / {100 * float(binary_auroc(pixels, masks)):.1f}"
+                pixel = f" / {percent_auroc(pixels, masks):.1f}"
             cells.append(f"{image:.1f}{pixel}")
         lines.append(f"| {defect} | {len(results[defect]['mask'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -64,6 +64,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model_cls = resolve_model_class(args.model)
     model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = make_datamodule(args, model_cls)
+    epochs = epochs_that_run(model, args.epochs)
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -76,7 +77,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         callbacks=[EpochProgress(), *([curve] if curve else [])],
         enable_progress_bar=False,
         # validation is the test split: run it once, at the last epoch that runs, for the thresholds
-        check_val_every_n_epoch=epochs_that_run(model, args.epochs),
+        check_val_every_n_epoch=epochs,
         precision=getattr(args, "train_precision", "32-true"),
     )
     start = time.perf_counter()
@@ -96,7 +97,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "train precision": getattr(args, "train_precision", "32-true"),
         "backbone": model_backbone(model, args.backbone),
         "size": args.image_size,
-        "epochs": epochs_that_run(model, args.epochs),
+        "epochs": epochs,
         "image AUROC": metrics.get("image_AUROC"),
         "pixel AUROC": metrics.get("pixel_AUROC"),
         "AUPRO": metrics.get("pixel_AUPRO"),
