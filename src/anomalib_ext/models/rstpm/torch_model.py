@@ -154,8 +154,8 @@ class RSTPMModel(nn.Module):
             nonnegative_outputs(self.teacher2),
         )
         self.discriminator = DiscriminativeSubNetwork(len(layers2), out_channels=2, base_width=discriminator_width)
-        # Same weights and maths, NHWC layout: oneDNN runs this full-resolution U-Net (most of stage 2's
-        # compute) about 1.25x faster in f32 and 2-4x faster under bf16 autocast than in NCHW on CPU.
+        # Same weights and maths, NHWC layout: oneDNN's faster layout on CPU for this full-resolution U-Net
+        # (most of stage 2's compute); see docs/models/rstpm.md, "Training cost".
         self.discriminator.to(memory_format=torch.channels_last)
         self.anomaly_map_generator = AnomalyMapGenerator()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
