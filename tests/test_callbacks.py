@@ -51,3 +51,36 @@ def test_memory_bank_models_have_no_curve(tiny_datamodule: MVTecStyle, tmp_path:
     model = Padim(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=32, visualizer=False)
     make_engine(tmp_path, max_epochs=1, callbacks=[curve]).fit(model, datamodule=tiny_datamodule)
     assert curve.points == []
+
+
+def test_curve_records_each_points_train_loss(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
+    """The curve carries the epoch's mean train loss beside each AUROC point, so a row shows whether it flattened."""
+    from anomalib_ext import RD4AD
+    from anomalib_ext.benchmark import curve_text
+    from anomalib_ext.callbacks import TestCurve
+    from tests.helpers import make_engine
+
+    tiny_datamodule.setup()
+    curve = TestCurve(tiny_datamodule.test_dataloader(), every=1)
+    model = RD4AD(
+        backbone="efficientnet_lite0",
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)),
+        visualizer=False,
+    )
+    engine = make_engine(tmp_path, max_epochs=2, callbacks=[curve])
+    engine.fit(model, datamodule=tiny_datamodule)
+    assert [point[0] for point in curve.points] == [1, 2]
+    assert set(curve.losses) == {1, 2}
+    assert curve.losses[2] == float(engine.trainer.callback_metrics["train_loss_epoch"])
+    assert all(loss > 0 for loss in curve.losses.values())
+    assert f"(loss {curve.losses[2]:.4g})" in curve_text(curve.points, curve.losses).split(", ")[-1]
+
+
+def test_curve_text_without_losses_keeps_the_auroc_only_form() -> None:
+    """Rows written before losses were recorded, and models that log none, read as before."""
+    from anomalib_ext.benchmark import curve_text
+
+    points = [(2, 0.713, 0.55), (4, 0.8, None)]
+    assert curve_text(points) == "2: 71.3 / 55.0, 4: 80.0"
+    assert curve_text(points, {4: 0.12345}) == "2: 71.3 / 55.0, 4: 80.0 (loss 0.1235)"

@@ -43,10 +43,13 @@ DEPLOY_COLUMNS = (
 )
 
 
-def curve_text(points: list[tuple[int, float, float | None]]) -> str:
-    """``2: 71.3 / 55.0, 4: ...``: the test AUROC at each scored epoch."""
+def curve_text(points: list[tuple[int, float, float | None]], losses: dict[int, float] | None = None) -> str:
+    """``2: 71.3 / 55.0 (loss 0.41), 4: ...``: the test AUROC, and the epoch's train loss if known, at each point."""
+    losses = losses or {}
     return ", ".join(
-        f"{epoch}: {100 * image:.1f}" + (f" / {100 * pixel:.1f}" if pixel is not None else "")
+        f"{epoch}: {100 * image:.1f}"
+        + (f" / {100 * pixel:.1f}" if pixel is not None else "")
+        + (f" (loss {losses[epoch]:.4g})" if epoch in losses else "")
         for epoch, image, pixel in points
     )
 

@@ -106,7 +106,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "OpenVINO CPU latency": f"{ov_ms:.1f} ms ({args.precision})" if ov_ms is not None else "export failed",
         "hardware": hardware(),
         "date": dt.datetime.now().astimezone().date().isoformat(),  # the local date, as date.today()
-        "curve (epoch: image / pixel AUROC)": curve_text(curve.points) if curve else "",
+        "curve (epoch: image / pixel AUROC)": curve_text(curve.points, curve.losses) if curve else "",
         "torch_ms": torch_ms,
         "openvino_ms": ov_ms,
         "metrics": metrics,

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from anomalib.models import AnomalibModule
 
 
+def epoch_train_loss(trainer: Trainer) -> float | None:
+    """The finished epoch's mean train loss as the model logged it (``train_loss`` with ``on_epoch``), if any."""
+    loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
+    return float(loss) if loss is not None else None
+
+
 class EpochProgress(Callback):
     """Print one plain line per finished epoch (elapsed time, train loss), readable in logs without a TTY."""
 
@@ -30,8 +36,8 @@ class EpochProgress(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Print the epoch, the minutes since training started and the epoch's train loss."""
         del pl_module  # Lightning's hook signature; not needed here
-        loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
-        loss_text = f", train_loss {float(loss):.4f}" if loss is not None else ""
+        loss = epoch_train_loss(trainer)
+        loss_text = f", train_loss {loss:.4f}" if loss is not None else ""
         elapsed = time.perf_counter() - self.start
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {elapsed / 60:.1f} min{loss_text}", flush=True)
         sys.stdout.flush()
@@ -43,7 +49,9 @@ class TestCurve(Callback):
     Lightning's validation is the test split for MVTec-style data, but it also refits anomalib's
     thresholds and normalisation; this callback only scores, from the raw model outputs (AUROC
     does not depend on a monotonic normalisation), so the curve costs one test pass per point
-    and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``.
+    and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``;
+    ``losses`` holds the epoch's mean train loss at each point, so a reader can see whether the
+    loss had flattened when the run stopped.
 
     Memory-bank models (anomalib's ``MemoryBankMixin``: PaDiM, PatchCore) have no curve: they
     collect features in one pass and only fit their model when validation starts, after the
@@ -57,6 +65,7 @@ class TestCurve(Callback):
         self.dataloader = dataloader
         self.every = every
         self.points: list[tuple[int, float, float | None]] = []
+        self.losses: dict[int, float] = {}
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score the test split every ``every`` epochs and after the last one; record and print the point."""
@@ -65,6 +74,9 @@ class TestCurve(Callback):
         epoch = trainer.current_epoch + 1
         if isinstance(pl_module, MemoryBankMixin) or (epoch % self.every and epoch != trainer.max_epochs):
             return
+        loss = epoch_train_loss(trainer)
+        if loss is not None:
+            self.losses[epoch] = loss
         image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader)
         self.points.append((epoch, image_auroc, pixel_auroc))
         pixel_text = f", pixel AUROC {100 * pixel_auroc:.1f}" if pixel_auroc is not None else ""
