@@ -136,6 +136,41 @@ def test_distilled_teacher_is_loadable(teacher_file: Path) -> None:
     assert mean is None
 
 
+def test_bf16_channels_last_distillation_tracks_float32(teacher_file: Path, tmp_path: Path) -> None:
+    """distill-teacher's speed options change the arithmetic, not the problem: same seed, same loss to 5%.
+
+    Assumes the CPU: bfloat16 autocast keeps 8 mantissa bits, so the MSE of 2 steps agrees with the float32
+    run (the module's ``teacher_file``, same seed and images) to a few per cent, not bit for bit.
+    """
+    path = distill_teacher(
+        tmp_path / "bf16.pth",
+        image_size=SIZE,
+        steps=2,
+        batch_size=2,
+        norm_images=2,
+        log_every=0,
+        precision="bf16",
+        channels_last=True,
+    )
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    reference = torch.load(teacher_file, map_location="cpu", weights_only=True)
+    assert stored["meta"]["precision"] == "bf16"
+    assert reference["meta"]["precision"] == "32"
+    assert all(stored[key].is_contiguous() for key in ("conv1.weight", "conv4.weight"))
+    loss, reference_loss = float(stored["meta"]["final_loss"]), float(reference["meta"]["final_loss"])
+    assert abs(loss - reference_loss) <= 0.05 * reference_loss
+    model = EfficientADOffline(teacher_weights=str(path))
+    model.load_teacher()
+    torch.testing.assert_close(model.model.teacher.conv4.weight, stored["conv4.weight"])
+
+
+def test_unknown_distillation_precision_is_named(tmp_path: Path) -> None:
+    """A typo in precision fails before any backbone is built or file written."""
+    with pytest.raises(ValueError, match="precision must be one of"):
+        distill_teacher(tmp_path / "t.pth", steps=1, precision="fp16")
+    assert not (tmp_path / "t.pth").exists()
+
+
 def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No teacher file fails pointing to ``distill-teacher``; a wrong path fails naming it."""
     monkeypatch.setenv("ANOMALIB_EXT_WEIGHTS_DIR", str(tmp_path))

@@ -25,6 +25,7 @@ anomalib's, nelson1425's) belong together: a file written here is read here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import time
@@ -108,6 +109,23 @@ class DistillationTarget(nn.Module):
         return target.view(images.shape[0], *grid, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
 
+DISTILL_PRECISIONS = ("32", "bf16")
+
+
+def distill_autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a distillation forward pass: none for ``"32"``, bfloat16 for ``"bf16"``.
+
+    bf16 runs the frozen backbone and the PDN's convolutions in bfloat16 (AVX-512 BF16/AMX on recent
+    Xeons, tensor cores on GPUs); weights, Adam and the loss stay float32.
+    """
+    if precision not in DISTILL_PRECISIONS:
+        msg = f"precision must be one of {DISTILL_PRECISIONS}; got {precision!r}."
+        raise ValueError(msg)
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def channel_statistics(outputs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over all pixels of all ``(N, C, H, W)`` outputs, as ``(1, C, 1, 1)``.
@@ -148,6 +166,8 @@ def distill_teacher(
     seed: int = 42,
     allow_download: bool = False,
     log_every: int = 100,
+    precision: str = "32",
+    channels_last: bool = False,
 ) -> Path:
     """Distil a PDN teacher from a frozen backbone on natural images and save it to ``output``.
 
@@ -171,10 +191,18 @@ def distill_teacher(
         seed: torch seed, set before the PDN is initialised and the images are drawn.
         allow_download: let timm fetch ``backbone``'s weights when no local file is found.
         log_every: log the loss every this many steps (and at the last); ``0``: never.
+        precision: ``"32"`` (default, the reproduction's) or ``"bf16"``: forward passes under
+            bfloat16 autocast (see :func:`distill_autocast`); its speed and loss on this package's
+            benchmark machine are in docs/benchmarks.md ("Teacher distillation").
+        channels_last: run the backbone and the PDN in channels-last memory format (oneDNN's
+            preferred layout on CPU); the same numbers up to float rounding.
     """
+    autocast = distill_autocast(precision, device)  # validates precision before any work
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(seed)
     output = Path(output)
     target_net = DistillationTarget(backbone, layers, backbone_weights, allow_download).to(device)
+    target_net.to(memory_format=memory_format)
     dataset = NaturalImages(images, image_size=2 * image_size, augment="heavy" if images is None else "penalty")
     if images is not None:  # reproduction: RandomGrayscale(0.1) on ImageNet, same for both views
         from torchvision.transforms import v2
@@ -191,19 +219,25 @@ def distill_teacher(
 
     def views() -> tuple[torch.Tensor, torch.Tensor]:
         big = next(batches).to(device)
-        return big, F.interpolate(big, size=(image_size, image_size), mode="bilinear", antialias=True)
+        small = F.interpolate(big, size=(image_size, image_size), mode="bilinear", antialias=True)
+        return big.contiguous(memory_format=memory_format), small.contiguous(memory_format=memory_format)
+
+    def target_of(images: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return target_net(images).float()
 
     n_norm = max(1, -(-norm_images // batch_size))
-    target_mean, target_std = channel_statistics(target_net(views()[0]) for _ in range(n_norm))
-    pdn = make_pdn(model_size, target_net.out_channels, padding=True).to(device).train()
+    target_mean, target_std = channel_statistics(target_of(views()[0]) for _ in range(n_norm))
+    pdn = make_pdn(model_size, target_net.out_channels, padding=True).to(device, memory_format=memory_format).train()
     optimizer = torch.optim.Adam(pdn.parameters(), lr=lr, weight_decay=weight_decay)
     pixel_mean, pixel_std = target_net.pixel_mean, target_net.pixel_std
     start = time.perf_counter()
     loss = torch.zeros(())
     for step in range(steps):
         big, small = views()
-        target = (target_net(big) - target_mean) / target_std
-        prediction = pdn((small - pixel_mean) / pixel_std)
+        target = (target_of(big) - target_mean) / target_std
+        with autocast:
+            prediction = pdn((small - pixel_mean) / pixel_std).float()
         if prediction.shape != target.shape:  # mse_loss would silently broadcast
             msg = f"PDN output {tuple(prediction.shape)} != target {tuple(target.shape)}: layers need strides 8 and 16."
             raise ValueError(msg)
@@ -229,8 +263,9 @@ def distill_teacher(
         "batch_size": batch_size,
         "image_size": image_size,
         "final_loss": f"{float(loss.detach()):.5f}",
+        "precision": precision,
     }
-    state = {key: value.detach().cpu() for key, value in pdn.state_dict().items()}
+    state = {key: value.detach().cpu().contiguous() for key, value in pdn.state_dict().items()}
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({**state, "mean": mean.cpu(), "std": std.cpu(), "meta": meta}, output)
     logger.info("saved teacher to %s (final loss %.4f)", output, float(loss.detach()))
@@ -309,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--allow-download", action="store_true", help="let timm fetch backbone weights")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument(
+        "--precision",
+        choices=DISTILL_PRECISIONS,
+        default="32",
+        help="forward passes in float32 (default) or under bfloat16 autocast",
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU: oneDNN)")
     return parser
 
 
@@ -334,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         allow_download=args.allow_download,
         log_every=args.log_every,
+        precision=args.precision,
+        channels_last=args.channels_last,
     )
     print(path)
     return 0
