@@ -50,10 +50,27 @@ def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: P
     assert select(commands, "mtd") == [first]
 
 
+def test_a_dataset_mapping_sets_options_between_defaults_and_runs(tmp_path: Path) -> None:
+    """``{data: ..., epochs: N}`` gives every row on that dataset N epochs unless the run says otherwise."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "datasets: {small: {data: d/small, epochs: 40}, big: d/big}\n"
+        "defaults: {epochs: 10}\n"
+        "runs:\n"
+        "  - {model: RSTPM, datasets: [small, big]}\n"
+        "  - {model: Stfpm, datasets: [small], epochs: 3}\n",
+    )
+    small, big, pinned = spec_commands(path)
+    assert (option(small, "--data"), option(small, "--epochs")) == (["d/small"], ["40"])
+    assert (option(big, "--data"), option(big, "--epochs")) == (["d/big"], ["10"])
+    assert option(pinned, "--epochs") == ["3"]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("runs: []", "non-empty `runs`"),
+        ("datasets: {a: {epochs: 4}}\nruns: [{model: RD4AD, datasets: [a]}]", "dataset 'a' is a mapping without `data`"),
         ("datasets: {a: x}\nruns: [{model: RD4AD, datasets: [b]}]", "dataset 'b' is not in"),
         ("runs: [{datasets: [a]}]", "run 0: needs `model`"),
         ("rows: []\nruns: [{model: RD4AD, datasets: [a]}]", "unknown top-level key"),

@@ -15,6 +15,12 @@ the command's option names without ``--`` (``image-size``, ``model-args``, ``var
       - {model: RD4AD, datasets: [mtd, tire], epochs: 8, layers: [blocks.1, blocks.2, blocks.4]}
       - {model: Stfpm, datasets: [mtd], epochs: 8}
 
+A dataset may be a mapping instead of a path: ``data`` is the path and its other keys are options
+for every row on that dataset (between ``defaults`` and a run's own keys), e.g. an epoch budget that
+gives each dataset the same number of optimiser steps::
+
+    datasets: {tire: {data: datasets/tire, epochs: 40}, mtd: {data: ../shared/datasets/mtd, epochs: 11}}
+
 ``anomalib-ext benchmark --spec FILE`` runs them one after the other (one heavy job at a time);
 ``--dry-run`` prints the commands, ``--only TEXT`` keeps the rows whose model, label or dataset
 contains ``TEXT``.
@@ -50,6 +56,16 @@ def _option(key: str, value: object) -> list[str]:
     return [flag, str(value)]
 
 
+def _dataset_options(path: Path, name: str, entry: object) -> dict[str, Any]:
+    """A ``datasets`` entry as options: a path becomes ``{"data": path}``; a mapping must name its ``data``."""
+    if isinstance(entry, dict):
+        if not entry.get("data"):
+            msg = f"Benchmark spec {path}: dataset {name!r} is a mapping without `data` (its folder)."
+            raise SpecError(msg)
+        return dict(entry)
+    return {"data": entry}
+
+
 def spec_commands(path: str | Path) -> list[list[str]]:
     """The ``anomalib-ext benchmark`` arguments of every row of the spec at ``path``, in order."""
     path = Path(path)
@@ -65,7 +81,7 @@ def spec_commands(path: str | Path) -> list[list[str]]:
     if unknown:
         msg = f"Benchmark spec {path}: unknown top-level key(s) {sorted(unknown)}; expected {sorted(FILE_KEYS)}."
         raise SpecError(msg)
-    datasets: dict[str, str] = spec.get("datasets") or {}
+    datasets = {name: _dataset_options(path, name, entry) for name, entry in (spec.get("datasets") or {}).items()}
     defaults: dict[str, Any] = spec.get("defaults") or {}
     commands = []
     for index, run in enumerate(spec["runs"]):
@@ -76,9 +92,10 @@ def spec_commands(path: str | Path) -> list[list[str]]:
             if name not in datasets:
                 msg = f"Benchmark spec {path}, run {index}: dataset {name!r} is not in `datasets` ({sorted(datasets)})."
                 raise SpecError(msg)
-            options = {**defaults, **{k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}}
+            dataset = datasets[name]
+            options = {**defaults, **dataset, **{k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}}
             options = {"model": options.pop("model"), **options}  # the printed command starts with its model
-            options["data"] = datasets[name]
+            options["data"] = dataset["data"]
             if spec.get("output"):
                 options.setdefault("output", spec["output"])
             if spec.get("section"):
