@@ -55,10 +55,11 @@ def test_one_pass_model_row_has_thresholds_and_real_scores(texture_root: Path, t
         [
             "--model", "Padim", "--data", str(texture_root / "brick"), "--backbone", "efficientnet_lite0",
             "--layers", *LAYERS, "--image-size", "64", "--batch-size", "8", "--num-workers", "0",
-            "--epochs", "4", "--model-args", '{"n_features": 50}', "--work-dir", str(tmp_path),
+            "--epochs", "4", "--model-args", '{"n_features": 50}', "--work-dir", str(tmp_path), "--seed", "1",
         ],
     )  # fmt: skip
     row = run_benchmark(argparse.Namespace(**{**vars(args), "model": "Padim"}))
+    assert row["model"] == "Padim (seed 1)"  # a second seed's row says so; seed 0 rows keep the plain name
     assert row["epochs"] == 1
     assert row["image AUROC"] != pytest.approx(0.5)
     assert row["image AUROC"] > 0.6

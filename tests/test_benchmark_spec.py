@@ -70,7 +70,7 @@ def test_a_dataset_mapping_sets_options_between_defaults_and_runs(tmp_path: Path
     ("text", "message"),
     [
         ("runs: []", "non-empty `runs`"),
-        ("datasets: {a: {epochs: 4}}\nruns: [{model: RD4AD, datasets: [a]}]", "dataset 'a' is a mapping without `data`"),
+        ("datasets: {a: {epochs: 4}}\nruns: [{model: RD4AD, datasets: [a]}]", "a mapping without `data`"),
         ("datasets: {a: x}\nruns: [{model: RD4AD, datasets: [b]}]", "dataset 'b' is not in"),
         ("runs: [{datasets: [a]}]", "run 0: needs `model`"),
         ("rows: []\nruns: [{model: RD4AD, datasets: [a]}]", "unknown top-level key"),

@@ -92,7 +92,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         args.precision,
     )
     row = {
-        "model": args.label or model_cls.__name__,
+        "model": (args.label or model_cls.__name__) + (f" (seed {args.seed})" if args.seed else ""),
         "dataset": Path(args.data).name,
         "train precision": getattr(args, "train_precision", "32-true"),
         "backbone": model_backbone(model, args.backbone),
