@@ -65,6 +65,23 @@ def test_attention_gate_forms(form: str) -> None:
     torch.testing.assert_close(gate(student, teacher), expected)
 
 
+def test_zero_gate_cuts_the_stages_apart() -> None:
+    """The report's fig. 20 diagnostic: a ``"0"`` gate passes nothing on and owns no parameters."""
+    gate = AttentionGate(teacher_channels=32, form="0")
+    assert list(gate.parameters()) == []
+    student = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out = gate(student, torch.randn(2, 32, 4, 4))
+    assert torch.equal(out, torch.zeros(2, 8, 4, 4))
+    assert gate.attention_map(torch.randn(2, 32, 4, 4)).shape == (2, 1, 4, 4)
+    # so with "00" the shallowest stage's output does not depend on the deep input at all
+    reconstruction = ReconstructionStudent(16, [4, 8, 12], attention="00").eval()
+    teacher = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 12, 4, 4)]
+    first = reconstruction(torch.randn(1, 16, 2, 2), teacher)
+    second = reconstruction(torch.randn(1, 16, 2, 2), teacher)
+    torch.testing.assert_close(first[0], second[0])
+    assert not torch.allclose(first[2], second[2])
+
+
 def test_attention_gate_rejects_unknown_form() -> None:
     """An attention form other than ``*`` and ``+`` is refused, naming the argument and the value."""
     with pytest.raises(ValueError, match="form='-'"):

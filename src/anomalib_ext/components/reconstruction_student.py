@@ -55,6 +55,7 @@ class Attention(StrEnum):
     RESIDUAL_RESIDUAL = "++"
     MULTIPLY_MULTIPLY = "**"
     RESIDUAL_MULTIPLY = "+*"
+    ZEROED = "00"  # diagnostic (report fig. 20): every gate outputs zeros
     NONE = "none"
 
 
