@@ -52,15 +52,19 @@ def main() -> None:
     size = models[0].input_size or (128, 128)
     images, masks = load_split(args.data, size)
     foreground = np.stack([image[0].mean(0) > args.foreground for image in images])
-    print(f"{len(images)} test images at {size}, foreground {foreground.mean():.3f} of pixels, "
-          f"{foreground[masks].mean():.3f} of defect pixels")
+    print(
+        f"{len(images)} test images at {size}, foreground {foreground.mean():.3f} of pixels, "
+        f"{foreground[masks].mean():.3f} of defect pixels"
+    )
     for path, model in zip(args.exports, models, strict=True):
         maps = np.stack([model(image)["anomaly_map"].reshape(size) for image in images])
         peaks = maps.reshape(len(maps), -1).argmax(1)
         on_background = ~foreground.reshape(len(maps), -1)[np.arange(len(maps)), peaks]
-        print(f"{path}: pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}, "
-              f"on foreground only {roc_auc_score(masks[foreground], maps[foreground]):.3f}, "
-              f"map peaks on the background in {on_background.mean():.2f} of images")
+        print(
+            f"{path}: pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}, "
+            f"on foreground only {roc_auc_score(masks[foreground], maps[foreground]):.3f}, "
+            f"map peaks on the background in {on_background.mean():.2f} of images"
+        )
 
 
 if __name__ == "__main__":
