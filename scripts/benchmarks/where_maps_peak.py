@@ -54,7 +54,7 @@ def main() -> None:
     foreground = np.stack([image[0].mean(0) > args.foreground for image in images])
     print(
         f"{len(images)} test images at {size}, foreground {foreground.mean():.3f} of pixels, "
-        f"{foreground[masks].mean():.3f} of defect pixels"
+        f"{foreground[masks].mean():.3f} of defect pixels",
     )
     for path, model in zip(args.exports, models, strict=True):
         maps = np.stack([model(image)["anomaly_map"].reshape(size) for image in images])
@@ -63,7 +63,7 @@ def main() -> None:
         print(
             f"{path}: pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}, "
             f"on foreground only {roc_auc_score(masks[foreground], maps[foreground]):.3f}, "
-            f"map peaks on the background in {on_background.mean():.2f} of images"
+            f"map peaks on the background in {on_background.mean():.2f} of images",
         )
 
 
