@@ -15,30 +15,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from anomalib_ext.benchmark.precision import score_exported
+from anomalib_ext.data import MVTecStyle
 from anomalib_ext.deploy.runtime import ExportedModel
-
-
-def load_split(root: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Test images as ``(1, 3, H, W)`` arrays in [0, 1] and their masks (all zero for ``good``)."""
-    images, masks = [], []
-    for path in sorted((root / "test").glob("*/*.png")):
-        rgb = Image.open(path).convert("RGB").resize(size[::-1], Image.BILINEAR)
-        images.append((np.asarray(rgb, dtype=np.float32) / 255).transpose(2, 0, 1)[None])
-        if path.parent.name == "good":
-            masks.append(np.zeros(size, dtype=bool))
-            continue
-        mask_path = root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-        if not mask_path.is_file():
-            msg = f"No mask for {path}: expected {mask_path}."
-            raise SystemExit(msg)
-        masks.append(np.asarray(Image.open(mask_path).resize(size[::-1], Image.NEAREST)) > 0)
-    if not images:
-        msg = f"No test images under {root / 'test'}."
-        raise SystemExit(msg)
-    return images, np.stack(masks)
 
 
 def main() -> None:
@@ -49,19 +30,28 @@ def main() -> None:
     parser.add_argument("--foreground", type=float, default=0.08, help="grey level above which a pixel is object")
     args = parser.parse_args()
     models = [ExportedModel(path) for path in args.exports]
-    size = models[0].input_size or (128, 128)
-    images, masks = load_split(args.data, size)
-    foreground = np.stack([image[0].mean(0) > args.foreground for image in images])
+    # the benchmark's own loader and resize, so the maps are those its rows scored
+    datamodule = MVTecStyle(args.data, image_size=models[0].input_size, eval_batch_size=16, num_workers=0)
+    datamodule.setup()
+    batches = list(datamodule.test_dataloader())
+    if any(batch.gt_mask is None for batch in batches):
+        msg = f"{args.data} has test images without masks: pixel metrics need ground_truth/."
+        raise SystemExit(msg)
+    masks = np.concatenate([batch.gt_mask.numpy().astype(bool) for batch in batches])
+    foreground = np.concatenate([batch.image.numpy().mean(1) > args.foreground for batch in batches])
     print(
-        f"{len(images)} test images at {size}, foreground {foreground.mean():.3f} of pixels, "
+        f"{len(masks)} test images at {masks.shape[1:]}, foreground {foreground.mean():.3f} of pixels, "
         f"{foreground[masks].mean():.3f} of defect pixels",
     )
     for path, model in zip(args.exports, models, strict=True):
-        maps = np.stack([model(image)["anomaly_map"].reshape(size) for image in images])
+        _, pixel_auroc = score_exported(model, batches)
+        maps = np.concatenate([
+            model(batch.image.numpy())["anomaly_map"].reshape(batch.gt_mask.shape) for batch in batches
+        ])
         peaks = maps.reshape(len(maps), -1).argmax(1)
         on_background = ~foreground.reshape(len(maps), -1)[np.arange(len(maps)), peaks]
         print(
-            f"{path}: pixel AUROC {roc_auc_score(masks.ravel(), maps.ravel()):.3f}, "
+            f"{path}: pixel AUROC {pixel_auroc:.3f}, "
             f"on foreground only {roc_auc_score(masks[foreground], maps[foreground]):.3f}, "
             f"map peaks on the background in {on_background.mean():.2f} of images",
         )
