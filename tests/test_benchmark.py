@@ -65,6 +65,16 @@ def test_one_pass_model_row_has_thresholds_and_real_scores(texture_root: Path, t
     assert row["image AUROC"] > 0.6
 
 
+def test_a_second_seed_of_a_row_keeps_the_first_seeds_folder(tmp_path: Path) -> None:
+    """Seed 0 writes where the spec says; seed 1 of the same row writes beside it, not over it."""
+    from anomalib_ext.benchmark.runner import work_dir_for
+
+    row = tmp_path / "00_RSTPM"
+    assert work_dir_for(str(row), 0) == row
+    assert work_dir_for(str(row), 1) == tmp_path / "00_RSTPM_seed1"
+    assert work_dir_for(None, 1).is_dir()
+
+
 def test_unknown_model_name_is_reported() -> None:
     """A name found neither in anomalib_ext nor in anomalib.models fails with that name."""
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):

@@ -53,6 +53,17 @@ def epochs_that_run(model: AnomalibModule, requested: int) -> int:
     return min(requested, int(model.trainer_arguments.get("max_epochs") or requested))
 
 
+def work_dir_for(work_dir: str | None, seed: int) -> Path:
+    """Where a row's checkpoints and exports go: ``work_dir``, or ``work_dir_seed{N}`` for a seed other than 0.
+
+    A spec names one folder per row; a second seed of the same row gets its own folder beside it instead
+    of overwriting the first seed's checkpoints. Without ``work_dir``, a fresh temporary folder.
+    """
+    if not work_dir:
+        return Path(tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
+    return Path(f"{work_dir}_seed{seed}") if seed else Path(work_dir)
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Fit, test and time one model; return the row as a dict."""
     from anomalib.engine import Engine
@@ -66,7 +77,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     datamodule = make_datamodule(args, model_cls)
     epochs = epochs_that_run(model, args.epochs)
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_bench_"))
+    work = work_dir_for(args.work_dir, args.seed)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     engine = Engine(
         default_root_dir=work,

@@ -23,7 +23,8 @@ gives each dataset the same number of optimiser steps::
 
 ``anomalib-ext benchmark --spec FILE`` runs them one after the other (one heavy job at a time);
 ``--dry-run`` prints the commands, ``--only TEXT`` keeps the rows whose model, label or dataset
-contains ``TEXT``.
+contains ``TEXT``. Each row writes its checkpoints under ``work-dir``; the same row run again with
+``--seed N`` writes beside it (``..._seedN``) and its table label gets `` (seed N)``.
 """
 
 from __future__ import annotations
