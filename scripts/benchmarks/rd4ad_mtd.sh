@@ -4,7 +4,7 @@
 # teacher features cached (bit-identical training, tests/test_feature_cache.py), test curve every 4 epochs.
 # Each trained model is also scored with the deepest layer's map alone and with the two deepest (map_layers
 # variants: the fused map of the official code sums all three). Then the per-defect-type and per-layer
-# breakdown of each run's checkpoint (scripts/benchmarks/per_defect_type.py).
+# breakdown of each run's checkpoint (scripts/benchmarks/per_defect_type.py), and anomalib's PaDiM at the same size.
 # Usage: bash scripts/benchmarks/rd4ad_mtd.sh [128|256 ...]     (default: 128 then 256)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +22,11 @@ for size in "${sizes[@]}"; do
     --epochs "${EPOCHS[$size]}" --curve-every 4 --model-args '{"cache_teacher_features": true}' \
     --variants '{"map_layers": [2]}' '{"map_layers": [1, 2]}' \
     --label "RD4AD, $size px, ${EPOCHS[$size]} epochs" --work-dir "$WORK/$size" \
+    --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
+  # anomalib's PaDiM on the same teacher layers and size: the bar RD4AD is held to on MTD, one pass.
+  "$VENV/bin/anomalib-ext" benchmark --model Padim --data "$DATA" --backbone efficientnet_lite0 \
+    --layers blocks.1 blocks.2 blocks.4 --image-size "$size" --batch-size 16 --num-workers 0 --epochs 1 \
+    --model-args '{"n_features": 100}' --label "PaDiM, $size px (same layers)" --work-dir "$WORK/padim_$size" \
     --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
   checkpoint="$(find "$WORK/$size" -name model.ckpt | sort | tail -1)"
   echo "Per defect type, $size px ($checkpoint):"
