@@ -185,6 +185,23 @@ def test_losses() -> None:
     assert float(DiscriminatorLoss()(confident, mask)) < float(DiscriminatorLoss()(-confident, mask))
 
 
+def test_discriminator_loss_penalises_calling_normal_pixels_anomalous() -> None:
+    """Both classes count, as in DRAEM's reference loss: an all-"anomalous" answer on normal pixels costs loss.
+
+    kornia's ``alpha=1`` weights class 0 (normal) by 0, which made this answer free and let the discriminator
+    learn to call every pixel anomalous.
+    """
+    normal = torch.zeros(2, 1, 8, 8)
+    all_anomalous = torch.tensor([-5.0, 5.0]).view(1, 2, 1, 1).expand(2, 2, 8, 8)
+    all_normal = -all_anomalous
+    assert float(DiscriminatorLoss()(all_anomalous, normal)) > 1.0
+    assert float(DiscriminatorLoss()(all_normal, normal)) < 1e-3
+    anomalous = torch.ones(2, 1, 8, 8)
+    assert float(DiscriminatorLoss()(all_normal, anomalous)) == pytest.approx(
+        float(DiscriminatorLoss()(all_anomalous, normal)),
+    )  # the two classes weigh the same
+
+
 def test_discriminator_runs_channels_last_with_the_same_maths() -> None:
     """The NHWC discriminator (a speed layout) gives the NCHW network's logits and gradients.
 

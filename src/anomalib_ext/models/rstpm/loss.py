@@ -37,9 +37,16 @@ class StudentTeacherLoss(nn.Module):
 
 
 class DiscriminatorLoss(nn.Module):
-    """Focal loss between the discriminator's 2-class logits and the pseudo-anomaly mask, as DRAEM trains it."""
+    """Focal loss between the discriminator's 2-class logits and the pseudo-anomaly mask, as DRAEM trains it.
 
-    def __init__(self, alpha: float = 1.0, gamma: float = 2.0) -> None:
+    DRAEM's reference code (``loss.py`` of VitjanZ/DRAEM, ``FocalLoss()``) weights both classes equally:
+    ``alpha=None``, ``gamma=2``. kornia's ``alpha`` is a class-balance weight, ``1 - alpha`` for class 0 (here:
+    normal pixels) and ``alpha`` for class 1, so ``alpha=1`` (what anomalib's ``Draem`` passes) gives normal
+    pixels no loss at all, and a discriminator that calls every pixel anomalous reaches zero loss.
+    ``alpha`` is kept as an option for class balancing, ``None`` (both classes weighted 1) by default.
+    """
+
+    def __init__(self, alpha: float | None = None, gamma: float = 2.0) -> None:
         super().__init__()
         self.focal = FocalLoss(alpha=alpha, gamma=gamma, reduction="mean")
 
