@@ -44,6 +44,8 @@ class DiscriminatorLoss(nn.Module):
     normal pixels) and ``alpha`` for class 1, so ``alpha=1`` (what anomalib's ``Draem`` passes) gives normal
     pixels no loss at all, and a discriminator that calls every pixel anomalous reaches zero loss.
     ``alpha`` is kept as an option for class balancing, ``None`` (both classes weighted 1) by default.
+    kornia's ``"mean"`` divides by both class slices, so the value is half DRAEM's per-pixel mean (a constant
+    factor), and DRAEM's 1e-5 label smoothing is left out.
     """
 
     def __init__(self, alpha: float | None = None, gamma: float = 2.0) -> None:
