@@ -75,6 +75,17 @@ def test_a_second_seed_of_a_row_keeps_the_first_seeds_folder(tmp_path: Path) -> 
     assert work_dir_for(None, 1).is_dir()
 
 
+def test_a_row_without_pixel_metrics_says_n_a(tmp_path: Path) -> None:
+    """Image-level data (no masks) has no pixel metrics: the table says n/a, not Python's None."""
+    from anomalib_ext.benchmark.report import append_row
+
+    table = tmp_path / "table.md"
+    columns = ("model", "image AUROC", "pixel AUROC", "AUPRO")
+    append_row(table, "screw", {"model": "RD4AD", "image AUROC": 0.9123, "pixel AUROC": None, "AUPRO": None}, columns)
+    assert "| RD4AD | 91.2 | n/a | n/a |" in table.read_text(encoding="utf-8")
+    assert "None" not in table.read_text(encoding="utf-8")
+
+
 def test_unknown_model_name_is_reported() -> None:
     """A name found neither in anomalib_ext nor in anomalib.models fails with that name."""
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):

@@ -60,7 +60,9 @@ def variant_label(variant: dict[str, Any]) -> str:
 
 
 def format_cell(value: object) -> str:
-    """Metrics as percentages with one decimal, everything else as text."""
+    """Metrics as percentages with one decimal, a metric the data cannot give (no masks) as n/a, else text."""
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{100 * value:.1f}"
     return str(value)
