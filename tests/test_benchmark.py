@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -63,6 +64,31 @@ def test_one_pass_model_row_has_thresholds_and_real_scores(texture_root: Path, t
     assert row["epochs"] == 1
     assert row["image AUROC"] != pytest.approx(0.5)
     assert row["image AUROC"] > 0.6
+
+
+@pytest.mark.slow
+def test_several_folders_train_one_unified_model_scored_per_category(texture_root: Path, tmp_path: Path) -> None:
+    """Two folders: one model on both, a row per category and a main row holding their mean (UniAD's protocol)."""
+    from anomalib_ext.benchmark.cli import main
+
+    table = tmp_path / "table.md"
+    main(
+        [
+            "--model", "Padim", "--data", str(texture_root / "brick"), str(texture_root / "grass"),
+            "--backbone", "efficientnet_lite0", "--layers", *LAYERS, "--image-size", "64", "--batch-size", "8",
+            "--num-workers", "0", "--model-args", '{"n_features": 50}', "--work-dir", str(tmp_path / "run"),
+            "--output", str(table), "--section", "unified",
+        ],
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert saved["dataset"] == "unified: brick + grass"
+    per_category = {row["dataset"]: row for row in saved["categories"]}
+    assert sorted(per_category) == ["brick", "grass"]
+    for metric in ("image AUROC", "pixel AUROC", "AUPRO"):
+        mean = (per_category["brick"][metric] + per_category["grass"][metric]) / 2
+        assert saved[metric] == pytest.approx(mean)
+    lines = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("| Padim")]
+    assert [line.split(" | ")[1] for line in lines] == ["unified: brick + grass", "brick", "grass"]
 
 
 def test_a_second_seed_of_a_row_keeps_the_first_seeds_folder(tmp_path: Path) -> None:

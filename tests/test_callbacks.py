@@ -84,3 +84,27 @@ def test_curve_text_without_losses_keeps_the_auroc_only_form() -> None:
     points = [(2, 0.713, 0.55), (4, 0.8, None)]
     assert curve_text(points) == "2: 71.3 / 55.0, 4: 80.0"
     assert curve_text(points, {4: 0.12345}) == "2: 71.3 / 55.0, 4: 80.0 (loss 0.1235)"
+
+
+def test_unified_curve_scores_each_category_on_its_own() -> None:
+    """Two categories each perfectly ranked but on different scales: their mean AUROC is 1, pooling would not be.
+
+    UniAD's unified protocol never ranks one category's scores against another's; pooled, the second
+    category's normal images (scores 10, 11) outrank the first's defects (0.8, 0.9).
+    """
+    values = (0.1, 0.2, 0.8, 0.9, 10.0, 11.0, 18.0, 19.0)
+    images = torch.stack([torch.full((3, 4, 4), value) for value in values])
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    masks = labels[:, None, None].expand(-1, 4, 4).int()
+    paths = [f"{name}/{i}.png" for name in ("a", "b") for i in range(4)]
+    batch = SimpleNamespace(image=images, gt_label=labels, gt_mask=masks, image_path=paths)
+    module = nn.Module()
+    module.model = FixedScores()
+    module.pre_processor = None
+    module.device = torch.device("cpu")  # type: ignore[assignment]
+    categories = {path: path.split("/")[0] for path in paths}
+    pooled_image, pooled_pixel = score_test_set(module, [batch])  # type: ignore[arg-type]
+    image_auroc, pixel_auroc = score_test_set(module, [batch], image_categories=categories)  # type: ignore[arg-type]
+    assert (image_auroc, pixel_auroc) == (1.0, 1.0)
+    assert pooled_image < 1.0
+    assert pooled_pixel < 1.0

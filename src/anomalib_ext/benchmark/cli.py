@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from .report import append_row, write_plots
-from .runner import run_benchmark
+from .runner import dataset_name, run_benchmark
 from .spec import describe, select, spec_commands
 
 
@@ -41,7 +41,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         required=True,
         help="one or more of RD4AD, RSTPM, UniAD, EfficientADOffline, Padim, Patchcore, Stfpm, ... or class paths",
     )
-    parser.add_argument("--data", required=True, help="MVTec-style folder, e.g. ../shared/datasets/mtd")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help=(
+            "MVTec-style folder, e.g. ../shared/datasets/mtd; several folders train one unified model "
+            "(UniAD's multi-class setting) scored per category, the row being their mean"
+        ),
+    )
     parser.add_argument("--backbone", default=None, help="timm backbone, e.g. efficientnet_lite0")
     parser.add_argument("--layers", nargs="*", default=None, help="backbone layers, e.g. blocks.1 blocks.2 blocks.4")
     parser.add_argument("--model-args", default="{}", help="extra constructor arguments as JSON")
@@ -94,7 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="f32",
         help="OpenVINO inference precision for the latency column (default f32, the same on every CPU)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data = args.data[0] if len(args.data) == 1 else args.data
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         row = run_benchmark(run_args)
         rows.append(row)
         if args.output:
-            for table_row in (row, *row["variants"]):
+            for table_row in (row, *row["categories"], *row["variants"]):
                 append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:
         backbone = args.backbone or "default backbones"
-        title = f"{Path(args.data).name}, {backbone}, {args.image_size} px, {args.epochs} epochs"
+        title = f"{dataset_name(args.data)}, {backbone}, {args.image_size} px, {args.epochs} epochs"
         for path in write_plots(rows, args.plots, title):
             print(f"Wrote {path}")
     return 0

@@ -252,7 +252,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     from lightning.pytorch import seed_everything
 
     from .models import build_model, model_arguments, resolve_model_class
-    from .runner import make_datamodule
+    from .runner import dataset_name, make_datamodule
     from .timing import hardware
 
     seed_everything(args.seed, workers=True)
@@ -276,7 +276,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     common = {
         "model": args.label or model_cls.__name__,
-        "dataset": Path(args.data).name,
+        "dataset": dataset_name(args.data),
         "size": args.image_size,
         "batch": args.batch_size,
         "train precision": args.train_precision,

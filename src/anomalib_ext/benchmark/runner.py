@@ -25,12 +25,29 @@ if TYPE_CHECKING:
     from anomalib_ext.data import MVTecStyle
 
 
-def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -> MVTecStyle:
-    """The row's data: ``args.data`` as an MVTec-style module at the row's size, with the model's data arguments."""
-    from anomalib_ext.data import MVTecStyle
+def data_folders(data: str | Path | list[str]) -> list[Path]:
+    """The row's MVTec-style folders: one, or several trained as one unified multi-class set."""
+    return [Path(folder) for folder in ([data] if isinstance(data, str | Path) else data)]
 
-    datamodule = MVTecStyle(
-        args.data,
+
+def dataset_name(data: str | Path | list[str]) -> str:
+    """The row's dataset column: the folder's name, or ``unified: a + b + ...`` for several."""
+    names = [folder.name for folder in data_folders(data)]
+    return names[0] if len(names) == 1 else "unified: " + " + ".join(names)
+
+
+def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -> MVTecStyle:
+    """The row's data at the row's size, with the model's data arguments.
+
+    One folder is an :class:`~anomalib_ext.data.MVTecStyle` module; several are one
+    :class:`~anomalib_ext.data.UnifiedMultiClass` set (UniAD's unified setting: one model, no class label).
+    """
+    from anomalib_ext.data import MVTecStyle, UnifiedMultiClass
+
+    folders = data_folders(args.data)
+    unified = len(folders) > 1
+    datamodule = (UnifiedMultiClass if unified else MVTecStyle)(
+        **({"roots": folders} if unified else {"root": folders[0]}),
         image_size=args.image_size,
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
@@ -69,14 +86,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_ext.callbacks import EpochProgress, TestCurve
+    from anomalib_ext.callbacks import EpochProgress, PerCategoryMetrics, TestCurve, default_category_metrics
 
     seed_everything(args.seed, workers=True)
     model_cls = resolve_model_class(args.model)
     model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = make_datamodule(args, model_cls)
     epochs = epochs_that_run(model, args.epochs)
-    curve = TestCurve(datamodule.test_dataloader(), args.curve_every) if args.curve_every else None
+    categories = getattr(datamodule, "image_categories", None) if len(data_folders(args.data)) > 1 else None
+    per_category = PerCategoryMetrics(default_category_metrics(aupro=True)) if categories else None
+    curve = TestCurve(datamodule.test_dataloader(), args.curve_every, categories) if args.curve_every else None
     work = work_dir_for(args.work_dir, args.seed)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     engine = Engine(
@@ -85,7 +104,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         accelerator=accelerator,
         devices=1,
         logger=False,
-        callbacks=[EpochProgress(), *([curve] if curve else [])],
+        callbacks=[EpochProgress(), *([curve] if curve else []), *([per_category] if per_category else [])],
         enable_progress_bar=False,
         # validation is the test split: run it once, at the last epoch that runs, for the thresholds
         check_val_every_n_epoch=epochs,
@@ -94,7 +113,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+    metrics = test_metrics(engine, model, datamodule)
     torch_ms, ov_ms = measure_latency(
         model,
         args.image_size,
@@ -104,7 +123,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     row = {
         "model": (args.label or model_cls.__name__) + (f" (seed {args.seed})" if args.seed else ""),
-        "dataset": Path(args.data).name,
+        "dataset": dataset_name(args.data),
         "train precision": getattr(args, "train_precision", "32-true"),
         "backbone": model_backbone(model, args.backbone),
         "size": args.image_size,
@@ -123,6 +142,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "args": vars(args),
     }
+    row["categories"] = [
+        {
+            **row,
+            "dataset": category,
+            "image AUROC": values.get("image_AUROC"),
+            "pixel AUROC": values.get("pixel_AUROC"),
+            "AUPRO": values.get("pixel_AUPRO"),
+            "curve (epoch: image / pixel AUROC)": "",
+            "metrics": values,
+        }
+        for category, values in (per_category.results().items() if per_category else ())
+    ]
     row["variants"] = [
         {
             **row,
@@ -153,6 +184,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def test_metrics(engine: Engine, model: AnomalibModule, datamodule: AnomalibDataModule) -> dict[str, float]:
+    """Test once and return the metrics; on unified data the per-category means, under the usual names.
+
+    UniAD's protocol scores each category on its own and reports their mean
+    (:class:`~anomalib_ext.callbacks.PerCategoryMetrics` logs ``<metric>/mean``); anomalib's own metrics
+    would rank one category's scores against another's.
+    """
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    metrics = {key: float(value) for key, value in results.items()}
+    means = {key.removesuffix("/mean"): value for key, value in metrics.items() if key.endswith("/mean")}
+    return means or metrics
+
+
 def variant_row(
     engine: Engine,
     model: AnomalibModule,
@@ -175,7 +219,7 @@ def variant_row(
         setattr(model.model, key, value)
     try:
         engine.validate(model=model, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in engine.test(model=model, datamodule=datamodule, verbose=False)[0].items()}
+        metrics = test_metrics(engine, model, datamodule)
     finally:
         for key, value in original.items():
             setattr(model.model, key, value)

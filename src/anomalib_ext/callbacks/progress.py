@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from anomalib.data import Batch
     from anomalib.models import AnomalibModule
@@ -49,7 +49,8 @@ class TestCurve(Callback):
     Lightning's validation is the test split for MVTec-style data, but it also refits anomalib's
     thresholds and normalisation; this callback only scores, from the raw model outputs (AUROC
     does not depend on a monotonic normalisation), so the curve costs one test pass per point
-    and changes nothing in the run. Points are ``(epoch, image AUROC, pixel AUROC or None)``;
+    and changes nothing in the run. With ``image_categories`` (unified multi-class data) each point is
+    the mean over categories, as UniAD's tables report. Points are ``(epoch, image AUROC, pixel AUROC or None)``;
     ``losses`` holds the epoch's mean train loss at each point, so a reader can see whether the
     loss had flattened when the run stopped.
 
@@ -58,12 +59,18 @@ class TestCurve(Callback):
     epoch's end, so there is nothing to score here; they are skipped.
     """
 
-    def __init__(self, dataloader: Iterable[Batch], every: int) -> None:
+    def __init__(
+        self,
+        dataloader: Iterable[Batch],
+        every: int,
+        image_categories: Mapping[str, str] | None = None,
+    ) -> None:
         if every < 1:
             msg = f"every must be at least 1 epoch; got {every}."
             raise ValueError(msg)
         self.dataloader = dataloader
         self.every = every
+        self.image_categories = image_categories
         self.points: list[tuple[int, float, float | None]] = []
         self.losses: dict[int, float] = {}
 
@@ -77,7 +84,7 @@ class TestCurve(Callback):
         loss = epoch_train_loss(trainer)
         if loss is not None:
             self.losses[epoch] = loss
-        image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader)
+        image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader, image_categories=self.image_categories)
         self.points.append((epoch, image_auroc, pixel_auroc))
         pixel_text = f", pixel AUROC {100 * pixel_auroc:.1f}" if pixel_auroc is not None else ""
         print(f"epoch {epoch}: image AUROC {100 * image_auroc:.1f}{pixel_text}", flush=True)
@@ -87,18 +94,21 @@ def score_test_set(
     pl_module: AnomalibModule,
     dataloader: Iterable[Batch],
     full_graph: bool = False,
+    image_categories: Mapping[str, str] | None = None,
 ) -> tuple[float, float | None]:
     """Image AUROC of the scores and pixel AUROC of the maps over ``dataloader`` (``None`` without masks).
 
     By default the raw model outputs after the model's pre-processing (what training optimises;
     usable before any threshold exists). ``full_graph=True`` scores the whole inference graph,
-    post-processing included, exactly as it is exported.
+    post-processing included, exactly as it is exported. With ``image_categories`` (image path to
+    category) both AUROCs are computed per category and averaged: UniAD's unified protocol, where
+    one category's scores are never ranked against another's.
     """
     from torch.nn.functional import interpolate
-    from torchmetrics.functional.classification import binary_auroc
 
     was_training = pl_module.training
     pl_module.eval()
+    paths: list[str] = []
     scores, labels, maps, masks = [], [], [], []
     with torch.no_grad():
         for batch in dataloader:
@@ -107,18 +117,35 @@ def score_test_set(
                 output = pl_module(images)
             else:
                 output = pl_module.model(pl_module.pre_processor(images) if pl_module.pre_processor else images)
+            paths += [str(path) for path in getattr(batch, "image_path", None) or [""] * len(images)]
             scores.append(output.pred_score.flatten().float().cpu())
             labels.append(batch.gt_label.flatten().int())
             if batch.gt_mask is not None:
                 anomaly_map = output.anomaly_map.reshape(len(images), 1, *output.anomaly_map.shape[-2:]).float()
                 if anomaly_map.shape[-2:] != batch.gt_mask.shape[-2:]:
                     anomaly_map = interpolate(anomaly_map, size=batch.gt_mask.shape[-2:], mode="bilinear")
-                maps.append(anomaly_map.flatten().cpu())
-                masks.append(batch.gt_mask.flatten().int())
+                maps.append(anomaly_map.flatten(1).cpu())
+                masks.append(batch.gt_mask.flatten(1).int())
     pl_module.train(was_training)
-    image_auroc = float(binary_auroc(unit_range(torch.cat(scores)), torch.cat(labels)))
-    pixel_auroc = float(binary_auroc(unit_range(torch.cat(maps)), torch.cat(masks))) if masks else None
+    groups = [torch.arange(len(paths))]
+    if image_categories is not None:
+        categories = [image_categories[path] for path in paths]
+        names = dict.fromkeys(categories)
+        groups = [torch.tensor([i for i, category in enumerate(categories) if category == name]) for name in names]
+    all_scores, all_labels = torch.cat(scores), torch.cat(labels)
+    image_auroc = sum(_auroc(all_scores[rows], all_labels[rows]) for rows in groups) / len(groups)
+    if not masks:
+        return image_auroc, None
+    all_maps, all_masks = torch.cat(maps), torch.cat(masks)
+    pixel_auroc = sum(_auroc(all_maps[rows].flatten(), all_masks[rows].flatten()) for rows in groups) / len(groups)
     return image_auroc, pixel_auroc
+
+
+def _auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Binary AUROC of scores on any scale (rescaled to [0, 1] first, see :func:`unit_range`)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(unit_range(scores), targets))
 
 
 def unit_range(values: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anomalib.data.utils import Split
 
+from .image_cache import DEFAULT_MAX_BYTES
 from .mvtec_style import DatasetError, MVTecStyle, make_mvtec_style_samples
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class UnifiedMultiClass(MVTecStyle):
         roots: further category folders given by path (e.g. ``../shared/datasets/mtd``); the
             category name is the folder name and must be unique.
         image_size: every image is resized on load (categories differ in size).
+        cache_images, cache_max_bytes: one decoded-image cache for all categories (see
+            :class:`~anomalib_ext.data.MVTecStyle`).
         Other arguments as :class:`~anomalib_ext.data.MVTecStyle`.
     """
 
@@ -68,6 +71,8 @@ class UnifiedMultiClass(MVTecStyle):
         test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
         seed: int | None = None,
+        cache_images: bool = True,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
         holdout_fraction: float = 0.0,
         holdout_seed: int = 42,
     ) -> None:
@@ -84,6 +89,8 @@ class UnifiedMultiClass(MVTecStyle):
             test_augmentations=test_augmentations,
             augmentations=augmentations,
             seed=seed,
+            cache_images=cache_images,
+            cache_max_bytes=cache_max_bytes,
             holdout_fraction=holdout_fraction,
             holdout_seed=holdout_seed,
         )
