@@ -93,7 +93,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = make_datamodule(args, model_cls)
     epochs = epochs_that_run(model, args.epochs)
-    categories = getattr(datamodule, "image_categories", None) if len(data_folders(args.data)) > 1 else None
+    categories = getattr(datamodule, "image_categories", None)  # only unified data has categories
     per_category = PerCategoryMetrics(default_category_metrics(aupro=True)) if categories else None
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every, categories) if args.curve_every else None
     work = work_dir_for(args.work_dir, args.seed)
