@@ -34,6 +34,22 @@ def test_category_folders(texture_root: Path, tmp_path: Path) -> None:
         UnifiedMultiClass.category_folders(None, ["brick"], None)
 
 
+def test_image_level_and_masked_categories_do_not_mix(texture_root: Path, tmp_path: Path) -> None:
+    """A category without ground_truth/ beside one with masks fails naming it; image-level ones alone join."""
+    image_level = tmp_path / "image_level"
+    for split in ("train/good", "test/good", "test/defect"):
+        (image_level / split).mkdir(parents=True)
+        for source in sorted((texture_root / "brick" / "test" / "good").iterdir())[:2]:
+            (image_level / split / source.name).write_bytes(source.read_bytes())
+    mixed = UnifiedMultiClass(roots=[texture_root / "brick", image_level], image_size=32)
+    with pytest.raises(DatasetError, match="image_level"):
+        mixed.setup("fit")
+    alone = UnifiedMultiClass(roots=[image_level], image_size=32)
+    alone.setup("fit")
+    assert alone.test_data.samples.attrs["task"] == "classification"
+    assert alone.test_data[len(alone.test_data) - 1].gt_mask is None
+
+
 def test_one_train_set_without_labels(texture_root: Path) -> None:
     """Train and test sets hold every category; items carry no category (the model never sees it)."""
     datamodule = UnifiedMultiClass(root=texture_root, image_size=32, train_batch_size=4, eval_batch_size=4)

@@ -144,9 +144,17 @@ class UnifiedMultiClass(MVTecStyle):
         for folder in self.folders:
             samples = make_mvtec_style_samples(folder, check_files=self.check_files)
             frames.append(samples.assign(category=folder.name))
+        image_level = [folder for folder in self.folders if not (folder / "ground_truth").is_dir()]
+        if image_level and len(image_level) < len(self.folders):
+            with_masks = [str(folder) for folder in self.folders if folder not in image_level]
+            msg = (
+                f"Cannot join image-level categories (no ground_truth/: {[str(f) for f in image_level]}) with "
+                f"categories that have masks ({with_masks}): pixel metrics would count the image-level "
+                "categories' defects as normal pixels. Join categories of one kind, or train those separately."
+            )
+            raise DatasetError(msg)
         samples = pd.concat(frames, ignore_index=True)
-        tasks = {frame.attrs.get("task") for frame in frames}
-        samples.attrs["task"] = "segmentation" if "segmentation" in tasks else "classification"
+        samples.attrs["task"] = "classification" if image_level else "segmentation"
         return samples
 
     def _setup(self, _stage: str | None = None) -> None:
