@@ -89,3 +89,45 @@ def test_cache_survives_pickling_for_spawned_workers(tmp_path: Path) -> None:
     restored = pickle.loads(pickle.dumps(cache))  # noqa: S301  # data this test just pickled
     assert len(restored) == 1
     assert torch.equal(restored.image(path, None), cache.image(path, None))
+
+
+def _category_with_one_defect(root: Path, height: int, width: int) -> tuple[int, int]:
+    """An MVTec-style folder whose one defective image has a single bright pixel, marked by its mask."""
+    row, col = 1, width - 2  # off every axis of symmetry, so a wrong turn moves it
+    for folder in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (root / folder).mkdir(parents=True)
+    dark = np.zeros((height, width, 3), np.uint8)
+    Image.fromarray(dark).save(root / "train/good/000.png")
+    Image.fromarray(dark).save(root / "test/good/000.png")
+    spot, mask = dark.copy(), np.zeros((height, width), np.uint8)
+    spot[row, col], mask[row, col] = 255, 255
+    Image.fromarray(spot).save(root / "test/spot/000.png")
+    Image.fromarray(mask).save(root / "ground_truth/spot/000_mask.png")
+    return row, col
+
+
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_landscape_turns_portrait_images_with_their_masks(tmp_path: Path, cache_images: bool) -> None:
+    """``landscape=True``: a portrait image comes out wide, its mask turned with it (marking the bright pixel)."""
+    _category_with_one_defect(tmp_path / "tall", height=12, width=6)
+    datamodule = MVTecStyle(tmp_path / "tall", image_size=None, landscape=True, cache_images=cache_images)
+    datamodule.setup()
+    item = next(item for item in datamodule.test_data if item.gt_label == 1)
+    assert item.image.shape == (3, 6, 12)
+    assert item.gt_mask.shape == (6, 12)
+    assert torch.equal(item.image[0] > 0.5, item.gt_mask.bool())
+    assert int(item.gt_mask.sum()) == 1
+
+
+def test_landscape_keeps_wide_images_and_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    """A wide image is left as it is; one cache serves a portrait file both turned and not."""
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.arange(6 * 12 * 3, dtype=np.uint8).reshape(6, 12, 3)).save(wide)
+    cache = DecodedImageCache()
+    assert torch.equal(cache.image(wide, None, landscape=True), cache.image(wide, None))
+    tall = tmp_path / "tall.png"
+    Image.fromarray(np.arange(12 * 6 * 3, dtype=np.uint8).reshape(12, 6, 3)).save(tall)
+    turned, kept = cache.image(tall, (4, 8), landscape=True), cache.image(tall, (8, 4))
+    assert turned.shape == (3, 4, 8)
+    assert kept.shape == (3, 8, 4)
+    assert torch.equal(cache.image(tall, None, landscape=True), cache.image(tall, None).rot90(1, dims=(-2, -1)))

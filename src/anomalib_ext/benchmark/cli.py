@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="decode and resize every image on every access (default: once, kept in memory as uint8)",
     )
+    parser.add_argument(
+        "--landscape",
+        action="store_true",
+        help="turn portrait images and masks a quarter turn before resizing, so all long sides are horizontal",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default=None, help="model name shown in the row")
     parser.add_argument("--work-dir", default=None, help="where checkpoints, exports and benchmark.json go")

@@ -53,6 +53,7 @@ def make_datamodule(args: argparse.Namespace, model_cls: type[AnomalibModule]) -
         eval_batch_size=args.batch_size,
         num_workers=args.num_workers,
         cache_images=not getattr(args, "no_image_cache", False),
+        landscape=getattr(args, "landscape", False),
         **getattr(model_cls, "data_arguments", {}),
     )
     datamodule.setup()

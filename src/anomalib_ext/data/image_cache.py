@@ -3,8 +3,8 @@
 Training for tens of epochs on full-size files spends most of its time in PNG/JPEG decoding and
 resizing, not in the model. Images are decoded, resized in ``uint8`` (bilinear, antialiased, as
 a PIL-based pipeline such as the official RD4AD code does) and masks resized nearest, once; the
-result is kept under a byte budget, keyed by path, file size, modification time and target
-size, so an edited file is read again. The uncached path runs the very same two functions, so
+result is kept under a byte budget, keyed by path, file size, modification time, target
+size and orientation, so an edited file is read again. The uncached path runs the very same two functions, so
 cached and uncached tensors are identical. Augmentations still run on every access.
 
 The cache is shared, not copied, when anomalib clones a dataset (``same_as_test`` validation),
@@ -42,17 +42,32 @@ def _open(path: str | Path, mode: str) -> torch.Tensor:
         raise DatasetError(msg) from error
 
 
-def load_image(path: str | Path, size: Sequence[int] | None) -> torch.Tensor:
-    """``(3, H, W)`` uint8 RGB, resized to ``size`` (height, width) in uint8 when given."""
+def to_landscape(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` turned a quarter counter-clockwise when it is taller than wide, so its long side is horizontal.
+
+    For data whose parts are photographed in either orientation (Magnetic Tile Defects' tiles are cut
+    both ways, up to 2.8:1): after this every image's surface texture runs the same way, and a square
+    resize squashes every image along the same axis. An image and its mask have the same shape, so
+    they turn together.
+    """
+    return tensor.rot90(1, dims=(-2, -1)) if tensor.shape[-2] > tensor.shape[-1] else tensor
+
+
+def load_image(path: str | Path, size: Sequence[int] | None, landscape: bool = False) -> torch.Tensor:
+    """``(3, H, W)`` uint8 RGB, turned to landscape if asked, then resized to ``size`` (height, width) in uint8."""
     image = _open(path, "RGB")
+    if landscape:
+        image = to_landscape(image).contiguous()
     if size is not None and tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
     return image
 
 
-def load_mask(path: str | Path, size: Sequence[int] | None) -> torch.Tensor:
-    """``(H, W)`` uint8 mask of 0/1 (any non-zero pixel is anomalous), resized nearest to ``size``."""
+def load_mask(path: str | Path, size: Sequence[int] | None, landscape: bool = False) -> torch.Tensor:
+    """``(H, W)`` uint8 mask of 0/1 (any non-zero pixel is anomalous), as :func:`load_image` turns and resizes."""
     mask = (_open(path, "L") > 0).to(torch.uint8)
+    if landscape:
+        mask = to_landscape(mask).contiguous()
     if size is not None and tuple(mask.shape[-2:]) != tuple(size):
         mask = resize(mask, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
     return mask[0]
@@ -91,33 +106,34 @@ class DecodedImageCache:
         """The number of cached images and masks."""
         return len(self._entries)
 
-    def image(self, path: str | Path, size: Sequence[int] | None) -> torch.Tensor:
-        """The uint8 image at ``path``, resized to ``size``; from memory when the file has not changed."""
-        return self._get("image", path, size, load_image)
+    def image(self, path: str | Path, size: Sequence[int] | None, landscape: bool = False) -> torch.Tensor:
+        """The uint8 image at ``path`` as :func:`load_image` makes it; from memory when the file has not changed."""
+        return self._get("image", path, size, landscape, load_image)
 
-    def mask(self, path: str | Path, size: Sequence[int] | None) -> torch.Tensor:
-        """The 0/1 mask at ``path``, resized to ``size``; from memory when the file has not changed."""
-        return self._get("mask", path, size, load_mask)
+    def mask(self, path: str | Path, size: Sequence[int] | None, landscape: bool = False) -> torch.Tensor:
+        """The 0/1 mask at ``path`` as :func:`load_mask` makes it; from memory when the file has not changed."""
+        return self._get("mask", path, size, landscape, load_mask)
 
     def _get(
         self,
         kind: str,
         path: str | Path,
         size: Sequence[int] | None,
-        load: Callable[[str | Path, Sequence[int] | None], torch.Tensor],
+        landscape: bool,
+        load: Callable[[str | Path, Sequence[int] | None, bool], torch.Tensor],
     ) -> torch.Tensor:
         if self.max_bytes <= 0:
-            return load(path, size)
+            return load(path, size, landscape)
         try:
             stat = Path(path).stat()
         except OSError as error:
             msg = f"Cannot read image {path}: {error}."
             raise DatasetError(msg) from error
-        key = (kind, str(path), stat.st_size, stat.st_mtime_ns, tuple(size) if size is not None else None)
+        key = (kind, str(path), stat.st_size, stat.st_mtime_ns, tuple(size) if size is not None else None, landscape)
         cached = self._entries.get(key)
         if cached is not None:
             return cached
-        tensor = load(path, size)
+        tensor = load(path, size, landscape)
         nbytes = tensor.numel() * tensor.element_size()
         with self._lock:
             old = self._current.pop((kind, str(path)), None)

@@ -59,6 +59,8 @@ class MVTecStyleDataset(AnomalibDataset):
         samples: a precomputed index (``make_mvtec_style_samples``).
         image_size: ``(height, width)`` every image and mask is resized to on load; ``None`` keeps the files' size.
         cache: decoded-image cache (shared between splits); ``None`` decodes every access.
+        landscape: turn portrait images and their masks a quarter turn before the resize (see
+            :func:`~anomalib_ext.data.image_cache.to_landscape`).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class MVTecStyleDataset(AnomalibDataset):
         samples: pd.DataFrame | None = None,
         image_size: Sequence[int] | None = None,
         cache: DecodedImageCache | None = None,
+        landscape: bool = False,
     ) -> None:
         super().__init__(augmentations=augmentations)
+        self.landscape = landscape
         self.root = Path(root)
         self.category = self.root.name
         self.image_size = tuple(image_size) if image_size is not None else None
@@ -86,18 +90,19 @@ class MVTecStyleDataset(AnomalibDataset):
     def fill_cache(self) -> None:
         """Decode every image and mask of this split into the cache now (before DataLoader workers fork)."""
         for row in self.samples.itertuples():
-            self.cache.image(row.image_path, self.image_size)
+            self.cache.image(row.image_path, self.image_size, self.landscape)
             if row.mask_path:
-                self.cache.mask(row.mask_path, self.image_size)
+                self.cache.mask(row.mask_path, self.image_size, self.landscape)
 
     def __getitem__(self, index: int) -> ImageItem:
         """Image in ``[0, 1]`` and mask at ``image_size``, then the augmentations (as anomalib's datasets)."""
         row = self.samples.iloc[index]
-        image = TvImage(to_dtype(self.cache.image(row.image_path, self.image_size), torch.float32, scale=True))
+        pixels = self.cache.image(row.image_path, self.image_size, self.landscape)
+        image = TvImage(to_dtype(pixels, torch.float32, scale=True))
         gt_mask = None
         if self.samples.attrs.get("task") == "segmentation":
             if row.mask_path:
-                gt_mask = Mask(self.cache.mask(row.mask_path, self.image_size))
+                gt_mask = Mask(self.cache.mask(row.mask_path, self.image_size, self.landscape))
             else:
                 gt_mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
         if self.augmentations:
@@ -129,6 +134,9 @@ class MVTecStyle(AnomalibDataModule):
             validation split: never trained on, for statistics a model must take on unseen normal
             images (EfficientAD's map quantiles, as in its reproduction). ``0`` holds out nothing.
         holdout_seed: seed of that draw (the same images for every run with the same data).
+        landscape: turn every portrait image (and its mask) a quarter turn before resizing, so all
+            long sides are horizontal: for parts photographed either way round, such as MTD's tiles.
+            Predicted maps are then in the turned frame. ``False`` (default) keeps the files' orientation.
         Other arguments are anomalib's ``AnomalibDataModule`` arguments. Validation defaults to the
         test split, as for anomalib's ``MVTecAD``.
     """
@@ -152,6 +160,7 @@ class MVTecStyle(AnomalibDataModule):
         cache_max_bytes: int = DEFAULT_MAX_BYTES,
         holdout_fraction: float = 0.0,
         holdout_seed: int = 42,
+        landscape: bool = False,
     ) -> None:
         if not 0.0 <= holdout_fraction < 1.0:
             msg = f"holdout_fraction must be in [0, 1), got {holdout_fraction}."
@@ -183,6 +192,7 @@ class MVTecStyle(AnomalibDataModule):
         self.holdout_fraction = holdout_fraction
         self.holdout_seed = holdout_seed
         self.holdout_data: MVTecStyleDataset | None = None
+        self.landscape = landscape
 
     def make_dataset(self, root: Path, split: Split, samples: pd.DataFrame) -> MVTecStyleDataset:
         """One split at this module's image size, sharing its decoded-image cache."""
@@ -192,6 +202,7 @@ class MVTecStyle(AnomalibDataModule):
             samples=samples,
             image_size=self.image_size,
             cache=self.image_cache,
+            landscape=self.landscape,
         )
         if self.image_cache.max_bytes > 0:
             dataset.fill_cache()

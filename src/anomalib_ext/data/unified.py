@@ -75,6 +75,7 @@ class UnifiedMultiClass(MVTecStyle):
         cache_max_bytes: int = DEFAULT_MAX_BYTES,
         holdout_fraction: float = 0.0,
         holdout_seed: int = 42,
+        landscape: bool = False,
     ) -> None:
         folders = self.category_folders(root, categories, roots)
         super().__init__(
@@ -93,6 +94,7 @@ class UnifiedMultiClass(MVTecStyle):
             cache_max_bytes=cache_max_bytes,
             holdout_fraction=holdout_fraction,
             holdout_seed=holdout_seed,
+            landscape=landscape,
         )
         self.folders = folders
         self.category = "unified"
