@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:
-        backbone = args.backbone or "default backbones"
+        backbones = {str(row.get("backbone")) for row in rows}  # what each model ran on, --backbone or its model-args
+        backbone = backbones.pop() if len(backbones) == 1 else "each model's backbone"
         title = f"{dataset_name(args.data)}, {backbone}, {args.image_size} px, {args.epochs} epochs"
         for path in write_plots(rows, args.plots, title):
             print(f"Wrote {path}")
