@@ -21,6 +21,7 @@ defaults: {image-size: 128, curve-every: 2, backbone: efficientnet_lite0}
 runs:
   - {model: RD4AD, datasets: [mtd, tire], epochs: 8, layers: [blocks.1, blocks.2], model-args: {loss_form: per_pixel}}
   - {model: Stfpm, datasets: [tire], image-size: 256, deploy-precisions: true, label: "STFPM baseline"}
+  - {model: Padim, datasets: [mtd, tire], section: "{dataset} at 256 px"}
 """
 
 
@@ -36,18 +37,20 @@ def test_runs_expand_over_their_datasets_with_defaults_and_overrides(tmp_path: P
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     commands = spec_commands(path)
-    assert [option(c, "--data") for c in commands] == [["data/mtd"], ["data/tire"], ["data/tire"]]
-    first, second, third = commands
+    datasets = [option(c, "--data") for c in commands]
+    assert datasets == [["data/mtd"], ["data/tire"], ["data/tire"], ["data/mtd"], ["data/tire"]]
+    first, second, third, fourth, fifth = commands
     assert option(first, "--layers") == ["blocks.1", "blocks.2"]
     assert json.loads(option(first, "--model-args")[0]) == {"loss_form": "per_pixel"}
     assert option(first, "--image-size") == ["128"]
     assert option(third, "--image-size") == ["256"]
     assert option(second, "--section") == ["Lite0 on tire"]
+    assert [option(c, "--section") for c in (fourth, fifth)] == [["mtd at 256 px"], ["tire at 256 px"]]
     assert option(third, "--deploy-precisions") == []
     assert "--deploy-precisions" not in first
     assert option(third, "--work-dir") == [str(Path("runs") / "tire" / "01_STFPM_baseline")]
     assert select(commands, "Stfpm") == [third]
-    assert select(commands, "mtd") == [first]
+    assert select(commands, "mtd") == [first, fourth]
 
 
 def test_a_dataset_mapping_sets_options_between_defaults_and_runs(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Each entry of ``runs`` is one recipe; it is run on each of its ``datasets`` (nam
 file's ``datasets`` mapping) and becomes one ``anomalib-ext benchmark`` call per dataset. Keys are
 the command's option names without ``--`` (``image-size``, ``model-args``, ``variants``, ...);
 ``defaults`` apply to every run, a run's own keys win. Lists become repeated values, mappings
-(``model-args``) JSON, ``true`` a bare flag. ``section`` may name ``{dataset}``::
+(``model-args``) JSON, ``true`` a bare flag. ``section`` (the file's or a run's) may name ``{dataset}``::
 
     output: docs/benchmarks.md
     section: "Lite0 on {dataset}"
@@ -99,8 +99,9 @@ def spec_commands(path: str | Path) -> list[list[str]]:
             options["data"] = dataset["data"]
             if spec.get("output"):
                 options.setdefault("output", spec["output"])
-            if spec.get("section"):
-                options.setdefault("section", str(spec["section"]).format(dataset=name))
+            section = options.get("section", spec.get("section"))
+            if section:
+                options["section"] = str(section).format(dataset=name)
             if spec.get("work-dir"):
                 model = options["model"]
                 label = str(options.get("label") or ("+".join(model) if isinstance(model, list) else model))
