@@ -37,6 +37,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+from anomalib_ext.components.cpu_bf16 import warn_if_bf16_is_slow
+
 if TYPE_CHECKING:
     from anomalib.data import Batch
     from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -260,6 +262,7 @@ def run_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
     datamodule = make_datamodule(args, model_cls)
     profiler = StepProfiler()
+    warn_if_bf16_is_slow(args.train_precision, "cuda" if torch.cuda.is_available() else "cpu")
     engine = Engine(
         default_root_dir=Path(args.work_dir or tempfile.mkdtemp(prefix="anomalib_ext_profile_")),
         max_epochs=args.epochs,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from anomalib_ext.components.cpu_bf16 import warn_if_bf16_is_slow
+
 from .models import build_model, model_arguments, model_backbone, resolve_model_class
 from .report import DEPLOY_COLUMNS, append_row, curve_text, grid_maps, variant_label
 from .timing import hardware, measure_latency
@@ -99,6 +101,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     curve = TestCurve(datamodule.test_dataloader(), args.curve_every, categories) if args.curve_every else None
     work = work_dir_for(args.work_dir, args.seed)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    warn_if_bf16_is_slow(getattr(args, "train_precision", "32-true"), "cuda" if accelerator == "gpu" else "cpu")
     engine = Engine(
         default_root_dir=work,
         max_epochs=args.epochs,

@@ -38,6 +38,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from anomalib_ext.components.cpu_bf16 import warn_if_bf16_is_slow
 from anomalib_ext.components.natural_images import NaturalImages, endless
 
 from .torch_model import ModelSize, make_pdn
@@ -123,6 +124,7 @@ def distill_autocast(precision: str, device: str | torch.device) -> contextlib.A
         raise ValueError(msg)
     if precision == "32":
         return contextlib.nullcontext()
+    warn_if_bf16_is_slow(precision, device)
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
