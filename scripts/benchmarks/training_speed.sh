@@ -3,9 +3,11 @@
 # fwd / backward / optimiser ms per step, epoch wall vs the model's own compute, validation) on MVTec 3D-AD
 # tire (210 train images of 600x800, scripts/datasets/prepare.py) and MTD, 256 px, batch 16, offline Lite0.
 # One run at a time on a quiet machine (2-core CPU): the rows record the load average before and after.
-# Usage: bash scripts/benchmarks/training_speed.sh          (every row, about an hour)
+# Usage: bash scripts/benchmarks/training_speed.sh          (every row but the bf16 pairs below, about an hour)
 #        bash scripts/benchmarks/training_speed.sh quick    (the three RD4AD-on-tire rows: image and teacher caches)
-#        bash scripts/benchmarks/training_speed.sh rest     (every row but those three)
+#        bash scripts/benchmarks/training_speed.sh rest     (every row but those three and the bf16 pairs)
+#        bash scripts/benchmarks/training_speed.sh no-bf16-units   (f32 against bf16-mixed, one epoch each, for
+#                                                  a CPU without AVX-512: RD4AD and RSTPM's stage 1 on tire)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -27,6 +29,16 @@ UNIAD=(--model-args '{"backbone": "efficientnet_lite0", "layers": [0, 1, 2, 3], 
 RSTPM_LITE0='"teacher1": "efficientnet_lite0", "teacher2": "efficientnet_lite0",
   "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"], "layers2": ["blocks.1", "blocks.2", "blocks.4"]'
 
+if [ "$MODE" = no-bf16-units ]; then
+  STAGE1="{$RSTPM_LITE0, \"stage1_epochs\": 1, \"discriminator_width\": 16}"
+  profile "RD4AD, no bf16 units" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 1
+  profile "RD4AD, bf16-mixed, no bf16 units" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 1 \
+    --train-precision bf16-mixed
+  profile "RSTPM (stage 1 only), no bf16 units" --model RSTPM --data datasets/tire --epochs 1 --model-args "$STAGE1"
+  profile "RSTPM (stage 1 only), bf16-mixed, no bf16 units" --model RSTPM --data datasets/tire --epochs 1 \
+    --model-args "$STAGE1" --train-precision bf16-mixed
+  exit 0
+fi
 if [ "$MODE" != rest ]; then
   profile "RD4AD" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2
   profile "RD4AD, no image cache" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 2 --no-image-cache
