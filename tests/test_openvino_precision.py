@@ -79,6 +79,14 @@ def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
     assert "inference_precision" in RUNTIME.read_text()
 
 
+def exported_maps(path: Path, datamodule: MVTecStyle) -> np.ndarray:
+    """Every test image's anomaly map from the IR at ``path``, compiled at f32, flattened into one vector."""
+    runtime = ExportedModel(path)
+    return np.concatenate([
+        runtime(batch.image.numpy())["anomaly_map"].ravel() for batch in datamodule.test_dataloader()
+    ])
+
+
 @pytest.mark.slow
 def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """The f32 row reproduces torch's AUROC of the same inference graph; bf16 and INT8 rows are there and sane."""
@@ -104,9 +112,17 @@ def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_
     ]
     assert rows[0]["image AUROC"] == pytest.approx(torch_image, abs=1e-6)
     assert rows[0]["pixel AUROC"] == pytest.approx(torch_pixel, abs=1e-4)
-    # One epoch leaves this model near chance (seed 0, float32 on the CPU: image AUROC 0.42), so no
-    # chance-level bound: bf16 must stay within 0.01 pixel AUROC of f32, and INT8 at the pixel AUROC it
-    # was measured at; a constant or garbage map would score about 0.5.
+    # One epoch leaves this model near chance (seed 0, float32 on the CPU: image AUROC 0.42, pixel AUROC
+    # 0.46), so AUROC cannot tell a faithful quantised map from garbage, and full INT8's AUROC depends on
+    # the CPU's int8 kernels (pixel AUROC 0.38 on an AVX-512 Xeon, 0.35 on an AVX2 EPYC). What holds on
+    # every CPU is that each map tracks the f32 map: bf16 within 0.01 pixel AUROC, and the INT8 maps
+    # correlated with f32's over the test set (measured r = 0.87 full INT8, 0.99 weight-only, AVX2 EPYC);
+    # a constant or scrambled map would correlate about 0.
     assert rows[1]["pixel AUROC"] == pytest.approx(rows[0]["pixel AUROC"], abs=0.01)
-    assert rows[2]["pixel AUROC"] == pytest.approx(0.3825, abs=0.005)
+    maps = {
+        name: exported_maps(tmp_path / "weights" / "openvino" / f"{name}.xml", tiny_datamodule)
+        for name in ("model", "model_int8", "model_int8_weights")
+    }
+    assert np.corrcoef(maps["model"], maps["model_int8"])[0, 1] > 0.75
+    assert np.corrcoef(maps["model"], maps["model_int8_weights"])[0, 1] > 0.95
     assert all(row["batch-1 latency"].endswith(" ms") for row in rows)
