@@ -25,18 +25,21 @@ suffix=""
 sizes=("$@")
 [ ${#sizes[@]} -eq 0 ] && sizes=(128 256)
 for size in "${sizes[@]}"; do
+  run_dir="$WORK/$size${suffix:+_deep}"
   "$VENV/bin/anomalib-ext" benchmark --model RD4AD --data "$DATA" --backbone efficientnet_lite0 \
     --layers "${layers[@]}" --image-size "$size" --batch-size 16 --num-workers 0 \
     --epochs "${EPOCHS[$size]}" --curve-every 4 --model-args '{"cache_teacher_features": true}' \
     --variants '{"map_layers": [2]}' '{"map_layers": [1, 2]}' \
-    --label "RD4AD, $size px, ${EPOCHS[$size]} epochs$suffix" --work-dir "$WORK/$size${suffix:+_deep}" \
+    --label "RD4AD, $size px, ${EPOCHS[$size]} epochs$suffix" --work-dir "$run_dir" \
     --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
   # anomalib's PaDiM on the same teacher layers and size: the bar RD4AD is held to on MTD, one pass.
-  [ -z "$suffix" ] && "$VENV/bin/anomalib-ext" benchmark --model Padim --data "$DATA" --backbone efficientnet_lite0 \
-    --layers blocks.1 blocks.2 blocks.4 --image-size "$size" --batch-size 16 --num-workers 0 --epochs 1 \
-    --model-args '{"n_features": 100}' --label "PaDiM, $size px (same layers)" --work-dir "$WORK/padim_$size" \
-    --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
-  checkpoint="$(find "$WORK/$size${suffix:+_deep}" -name model.ckpt | sort | tail -1)"
+  if [ -z "$suffix" ]; then
+    "$VENV/bin/anomalib-ext" benchmark --model Padim --data "$DATA" --backbone efficientnet_lite0 \
+      --layers "${layers[@]}" --image-size "$size" --batch-size 16 --num-workers 0 --epochs 1 \
+      --model-args '{"n_features": 100}' --label "PaDiM, $size px (same layers)" --work-dir "$WORK/padim_$size" \
+      --output "$OUT" --section "RD4AD on MTD, trained until the curve flattens"
+  fi
+  checkpoint="$(find "$run_dir" -name model.ckpt | sort | tail -1)"
   echo "Per defect type, $size px ($checkpoint):"
   "$VENV/bin/python" scripts/benchmarks/per_defect_type.py --model RD4AD --checkpoint "$checkpoint" \
     --data "$DATA" --image-size "$size"
