@@ -365,6 +365,20 @@ def test_eval_forward_selects_score_map(score_map: str) -> None:
     torch.testing.assert_close(pooled.pred_score, expected)
 
 
+def test_student_teacher_scoring_skips_the_discriminator() -> None:
+    """Scoring the S-T map never runs the discriminator (most of the eval cost); the other maps do."""
+    model = tiny_model(score_map="student_teacher").model.eval()
+    calls: list[int] = []
+    model.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        model(images)
+        assert calls == []
+        model.score_map = "combined"
+        model(images)
+    assert calls == [1]
+
+
 def test_image_score_pooling() -> None:
     """``max`` scores a lone hot pixel like a blob; DRAEM's 21 x 21 mean pooling does not. Traceable."""
     hot_pixel, blob = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
