@@ -79,18 +79,10 @@ def test_nothing_compiles_openvino_without_an_explicit_precision() -> None:
     assert "inference_precision" in RUNTIME.read_text()
 
 
-def exported_maps(path: Path, datamodule: MVTecStyle) -> np.ndarray:
-    """Every test image's anomaly map from the IR at ``path``, compiled at f32, flattened into one vector."""
-    runtime = ExportedModel(path)
-    return np.concatenate([
-        runtime(batch.image.numpy())["anomaly_map"].ravel() for batch in datamodule.test_dataloader()
-    ])
-
-
 @pytest.mark.slow
 def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """The f32 row reproduces torch's AUROC of the same inference graph; bf16 and INT8 rows are there and sane."""
-    from anomalib_ext.benchmark.precision import precision_rows
+    from anomalib_ext.benchmark.precision import exported_outputs, precision_rows
     from anomalib_ext.callbacks import score_test_set
     from tests.helpers import make_engine
 
@@ -119,10 +111,10 @@ def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_
     # correlated with f32's over the test set (measured r = 0.87 full INT8, 0.99 weight-only, AVX2 EPYC);
     # a constant or scrambled map would correlate about 0.
     assert rows[1]["pixel AUROC"] == pytest.approx(rows[0]["pixel AUROC"], abs=0.01)
-    maps = {
-        name: exported_maps(tmp_path / "weights" / "openvino" / f"{name}.xml", tiny_datamodule)
-        for name in ("model", "model_int8", "model_int8_weights")
+    maps = {  # each IR compiled at f32
+        row["IR"]: exported_outputs(ExportedModel(row["IR path"]), tiny_datamodule.test_dataloader())["anomaly_map"]
+        for row in (rows[0], rows[2], rows[3])
     }
-    assert np.corrcoef(maps["model"], maps["model_int8"])[0, 1] > 0.75
-    assert np.corrcoef(maps["model"], maps["model_int8_weights"])[0, 1] > 0.95
+    assert np.corrcoef(maps["fp32"], maps["int8"])[0, 1] > 0.75
+    assert np.corrcoef(maps["fp32"], maps["int8-weights"])[0, 1] > 0.95
     assert all(row["batch-1 latency"].endswith(" ms") for row in rows)

@@ -28,20 +28,30 @@ if TYPE_CHECKING:
 VARIANTS = (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32"), ("int8-weights", "f32"))
 
 
+def exported_outputs(exported: ExportedModel, dataloader: Iterable[Batch]) -> dict[str, torch.Tensor]:
+    """Every test image's outputs beside its labels, concatenated over the loader.
+
+    ``pred_score`` and ``gt_label`` hold one value per image, ``anomaly_map`` one per pixel (in the
+    order of the flattened ``(B, H, W)`` masks); ``gt_mask`` is there only when the loader has masks.
+    """
+    collected: dict[str, list[torch.Tensor]] = {"pred_score": [], "gt_label": [], "anomaly_map": [], "gt_mask": []}
+    for batch in dataloader:
+        outputs = exported(batch.image.numpy())
+        collected["pred_score"].append(torch.from_numpy(outputs["pred_score"]).flatten())
+        collected["gt_label"].append(batch.gt_label.flatten().int())
+        collected["anomaly_map"].append(torch.from_numpy(outputs["anomaly_map"]).flatten())
+        if batch.gt_mask is not None:
+            collected["gt_mask"].append(batch.gt_mask.flatten().int())
+    return {name: torch.cat(values) for name, values in collected.items() if values}
+
+
 def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tuple[float, float | None]:
     """Image AUROC of ``pred_score`` and pixel AUROC of ``anomaly_map`` over a test loader."""
     from torchmetrics.functional.classification import binary_auroc
 
-    scores, labels, maps, masks = [], [], [], []
-    for batch in dataloader:
-        outputs = exported(batch.image.numpy())
-        scores.append(torch.from_numpy(outputs["pred_score"]).flatten())
-        labels.append(batch.gt_label.flatten().int())
-        if batch.gt_mask is not None:
-            maps.append(torch.from_numpy(outputs["anomaly_map"]).reshape(batch.gt_mask.shape).flatten())
-            masks.append(batch.gt_mask.flatten().int())
-    image = float(binary_auroc(torch.cat(scores), torch.cat(labels)))
-    pixel = float(binary_auroc(torch.cat(maps), torch.cat(masks))) if masks else None
+    outputs = exported_outputs(exported, dataloader)
+    image = float(binary_auroc(outputs["pred_score"], outputs["gt_label"]))
+    pixel = float(binary_auroc(outputs["anomaly_map"], outputs["gt_mask"])) if "gt_mask" in outputs else None
     return image, pixel
 
 
@@ -57,7 +67,10 @@ def precision_rows(
     image_size: int,
     export_root: Path,
 ) -> list[dict[str, Any]]:
-    """One row per (IR, inference precision) in :data:`VARIANTS`; bf16 rows say when the CPU lacks bf16."""
+    """One row per (IR, inference precision) in :data:`VARIANTS`; bf16 rows say when the CPU lacks bf16.
+
+    Each row also names its IR file (``"IR path"``), so its outputs can be compared beyond AUROC.
+    """
     paths = {
         "fp32": export_openvino(model, export_root, image_size),
         "int8": export_openvino(
@@ -76,6 +89,7 @@ def precision_rows(
         rows.append(
             {
                 "IR": ir,
+                "IR path": paths[ir],
                 "inference precision": exported.precision
                 + ("" if precision == exported.precision else f" (asked {precision}; CPU lacks it)"),
                 "image AUROC": image_auroc,
