@@ -76,7 +76,11 @@ def test_the_budget_caps_what_is_kept() -> None:
 
 
 def build(name: str, cache: bool) -> AnomalibModule:
-    """A tiny RD4AD or UniAD on the offline Lite0 weights at 64 px."""
+    """A tiny RD4AD, UniAD or RSTPM on the offline Lite0 weights at 64 px.
+
+    RSTPM: two stage-1 epochs (the cached stage), then one stage-2 epoch, which must run the
+    teachers on its pseudo-anomalous images instead of asking the cache.
+    """
     if name == "rd4ad":
         return RD4AD(
             backbone="efficientnet_lite0",
@@ -85,13 +89,17 @@ def build(name: str, cache: bool) -> AnomalibModule:
             cache_teacher_features=cache,
             visualizer=False,
         )
+    if name == "rstpm":
+        from tests.models.test_rstpm import tiny_model as tiny_rstpm
+
+        return tiny_rstpm(stage1_epochs=2, cache_teacher_features=cache, visualizer=False)
     from tests.models.test_uniad import tiny_model
 
     return tiny_model(cache_teacher_features=cache, visualizer=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rd4ad", "uniad"])
+@pytest.mark.parametrize("name", ["rd4ad", "uniad", "rstpm"])
 def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     """Two epochs in a fixed batch order (f32, CPU): the same weights, bit for bit, with the teacher run once per image.
 
@@ -106,7 +114,8 @@ def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule: MV
         tiny_datamodule.setup()
         data = tiny_datamodule.train_data
         loader = DataLoader(data, batch_size=4, shuffle=False, collate_fn=data.collate_fn)
-        make_engine(tmp_path / str(cache), max_epochs=2, limit_val_batches=0).fit(model, train_dataloaders=loader)
+        epochs = 3 if name == "rstpm" else 2
+        make_engine(tmp_path / str(cache), max_epochs=epochs, limit_val_batches=0).fit(model, train_dataloaders=loader)
         return {k: v.clone() for k, v in model.model.state_dict().items()}, model
 
     plain, _ = train(cache=False)
@@ -115,4 +124,4 @@ def test_training_is_bit_identical_with_the_cache(name: str, tiny_datamodule: MV
     assert all(torch.equal(plain[key], cached[key]) for key in plain)
     assert model.feature_cache is not None
     assert model.feature_cache.misses == len(tiny_datamodule.train_data)  # epoch 1 only
-    assert model.feature_cache.hits == len(tiny_datamodule.train_data)  # epoch 2 from the cache
+    assert model.feature_cache.hits == len(tiny_datamodule.train_data)  # epoch 2 from the cache (RSTPM: not stage 2)

@@ -6,6 +6,8 @@
 # Usage: bash scripts/benchmarks/training_speed.sh          (every row but the bf16 pairs below, about an hour)
 #        bash scripts/benchmarks/training_speed.sh quick    (the three RD4AD-on-tire rows: image and teacher caches)
 #        bash scripts/benchmarks/training_speed.sh rest     (every row but those three and the bf16 pairs)
+#        bash scripts/benchmarks/training_speed.sh rstpm-cache   (RSTPM's stage 1 on MTD without and with the
+#                                                  teacher-feature cache, back to back)
 #        bash scripts/benchmarks/training_speed.sh no-bf16-units   (f32 against bf16-mixed, one epoch each, for
 #                                                  a CPU without AVX-512: RD4AD and RSTPM's stage 1 on tire)
 set -euo pipefail
@@ -29,6 +31,17 @@ UNIAD=(--model-args '{"backbone": "efficientnet_lite0", "layers": [0, 1, 2, 3], 
 RSTPM_LITE0='"teacher1": "efficientnet_lite0", "teacher2": "efficientnet_lite0",
   "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"], "layers2": ["blocks.1", "blocks.2", "blocks.4"]'
 
+RSTPM_STAGE1_MTD="{$RSTPM_LITE0, \"stage1_epochs\": 2, \"discriminator_width\": 16}"
+profile_rstpm_stage1_mtd() {  # label suffix, then any model argument to add
+  local suffix="$1" extra="${2:-}"
+  profile "RSTPM (stage 1 only, discriminator_width=16)$suffix" --model RSTPM --data ../shared/datasets/mtd --epochs 2 \
+    --model-args "${RSTPM_STAGE1_MTD%\}}$extra}"
+}
+if [ "$MODE" = rstpm-cache ]; then
+  profile_rstpm_stage1_mtd ", teacher features not cached"
+  profile_rstpm_stage1_mtd ", teacher features cached" ', "cache_teacher_features": true'
+  exit 0
+fi
 if [ "$MODE" = no-bf16-units ]; then
   STAGE1="{$RSTPM_LITE0, \"stage1_epochs\": 1, \"discriminator_width\": 16}"
   profile "RD4AD, no bf16 units" --model RD4AD --data datasets/tire "${RD4AD[@]}" --epochs 1
@@ -58,5 +71,5 @@ profile "RSTPM (stage 1, then stage 2), discriminator_width=32" --model RSTPM --
 profile "RD4AD" --model RD4AD --data ../shared/datasets/mtd "${RD4AD[@]}" --epochs 2
 profile "UniAD" --model UniAD --data ../shared/datasets/mtd --epochs 2 "${UNIAD[@]}"
 # stage 1 never runs the discriminator: width 16 only makes the validation passes cheaper
-profile "RSTPM (stage 1 only, discriminator_width=16)" --model RSTPM --data ../shared/datasets/mtd --epochs 2 \
-  --model-args "{$RSTPM_LITE0, \"stage1_epochs\": 2, \"discriminator_width\": 16}"
+profile_rstpm_stage1_mtd ""
+profile_rstpm_stage1_mtd ", teacher features cached" ', "cache_teacher_features": true'

@@ -42,6 +42,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import optim
 from torchvision.transforms.v2 import Resize
 
+from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
@@ -95,6 +96,10 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         lr_student2: stage-1 lr of student2's own SGD in ``"split"`` mode (``None``: ``lr``).
         lr_discriminator / weight_decay_discriminator: stage-2 Adam.
         discriminator_width: base width of the discriminative U-Net.
+        cache_teacher_features: keep both teachers' features of each training image after its first
+            stage-1 step and reuse them (``FrozenFeatureCache``: refuses an image whose pixels changed).
+            Same training, bit for bit in a fixed batch order; stage 2 always runs the teachers, on
+            pseudo-anomalous images that change every step.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         lr_discriminator: float = 1e-4,  # noqa: ARG002
         weight_decay_discriminator: float = 1e-4,  # noqa: ARG002
         discriminator_width: int = 64,
+        cache_teacher_features: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -173,6 +179,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             score_pooling=score_pooling,
             discriminator_width=discriminator_width,
         )
+        self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
         self.loss = StudentTeacherLoss()
         self.discriminator_loss = DiscriminatorLoss()
         self.anomaly_generator = make_pseudo_anomaly_generator(
@@ -264,7 +271,10 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         self._set_stage_modes(stage)
         optimizers = self._optimizers()
         if stage == 1:
-            features = self.model.features(batch.image)
+            teachers = None
+            if self.feature_cache is not None:
+                teachers = self.feature_cache.features(batch.image_path, batch.image, self.model.teacher_features)
+            features = self.model.features(batch.image, teachers)
             loss1 = self.loss(*features.pair1())
             loss2 = self.loss(features.teacher2, features.student2)
             loss = loss1 + loss2

@@ -139,6 +139,7 @@ class RSTPMModel(nn.Module):
         # "split" + "direct": pair 2's loss stops at student2, pair 1's covers student1's deepest layer
         self.detach_student2_input = direct and self.loss_mode == LossMode.SPLIT
         self.teacher1 = create_backbone(teacher1, layers1, pre_trained, teacher1_weights, allow_download)
+        self.teacher1_layers = len(layers1)
         student1_layers = layers1 if direct else layers1[:-1]
         self.student1 = create_backbone(teacher1, student1_layers, pre_trained=False, requires_grad=True)
         self.teacher2 = create_backbone(teacher2, layers2, pre_trained, teacher2_weights, allow_download)
@@ -186,11 +187,22 @@ class RSTPMModel(nn.Module):
         self.teacher2.eval()
         return self
 
-    def features(self, images: torch.Tensor) -> RSTPMFeatures:
-        """Teacher and student pyramids of both pairs for ``[0, 1]`` images."""
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Both frozen teachers' outputs for ``[0, 1]`` images: teacher1's layers, then teacher2's."""
         normalized = (images - self.mean) / self.std
-        teacher1 = list(self.teacher1(normalized).values())
-        teacher2 = list(self.teacher2(normalized).values())
+        return [*self.teacher1(normalized).values(), *self.teacher2(normalized).values()]
+
+    def features(self, images: torch.Tensor, teacher_features: Sequence[torch.Tensor] | None = None) -> RSTPMFeatures:
+        """Teacher and student pyramids of both pairs for ``[0, 1]`` images.
+
+        ``teacher_features``: :meth:`teacher_features` of ``images`` computed earlier (e.g. cached
+        during stage 1); ``None`` runs the teachers.
+        """
+        normalized = (images - self.mean) / self.std
+        if teacher_features is None:
+            teacher_features = self.teacher_features(images)
+        teacher1 = list(teacher_features[: self.teacher1_layers])
+        teacher2 = list(teacher_features[self.teacher1_layers :])
         student1 = list(self.student1(normalized).values())
         source = student1[-1] if self.student2_input == Student2Input.DIRECT else teacher1[-1]
         deep = None
