@@ -189,7 +189,10 @@ class RSTPMModel(nn.Module):
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Both frozen teachers' outputs for ``[0, 1]`` images: teacher1's layers, then teacher2's."""
-        normalized = (images - self.mean) / self.std
+        return self._teachers((images - self.mean) / self.std)
+
+    def _teachers(self, normalized: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`teacher_features` of images already normalised, so :meth:`features` normalises once."""
         return [*self.teacher1(normalized).values(), *self.teacher2(normalized).values()]
 
     def features(self, images: torch.Tensor, teacher_features: Sequence[torch.Tensor] | None = None) -> RSTPMFeatures:
@@ -200,7 +203,7 @@ class RSTPMModel(nn.Module):
         """
         normalized = (images - self.mean) / self.std
         if teacher_features is None:
-            teacher_features = self.teacher_features(images)
+            teacher_features = self._teachers(normalized)
         teacher1 = list(teacher_features[: self.teacher1_layers])
         teacher2 = list(teacher_features[self.teacher1_layers :])
         student1 = list(self.student1(normalized).values())
