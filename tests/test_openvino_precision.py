@@ -118,3 +118,28 @@ def test_precision_rows_score_the_same_weights(tiny_datamodule: MVTecStyle, tmp_
     assert np.corrcoef(maps["fp32"], maps["int8"])[0, 1] > 0.75
     assert np.corrcoef(maps["fp32"], maps["int8-weights"])[0, 1] > 0.95
     assert all(row["batch-1 latency"].endswith(" ms") for row in rows)
+
+
+def test_score_exported_ranks_raw_scores() -> None:
+    """Raw outputs (an IR without its post-processor) score by their order, not by torchmetrics' sigmoid.
+
+    torchmetrics' binary AUROC treats values outside [0, 1] as logits: 100-103 all become 1.0 and tie
+    at 0.5. ``score_exported`` rescales first, so perfectly ordered raw scores give 1.0.
+    """
+    from types import SimpleNamespace
+
+    from anomalib_ext.benchmark.precision import score_exported
+
+    labels = torch.tensor([0, 0, 1, 1])
+    scores = np.array([100.0, 101.0, 102.0, 103.0], dtype=np.float32)
+    masks = labels.view(4, 1, 1).expand(4, 2, 2)
+    maps = (50.0 + 10.0 * masks.numpy()).astype(np.float32)
+
+    def exported(images: np.ndarray) -> dict[str, np.ndarray]:
+        assert images.shape == (4, 3, 2, 2)
+        return {"pred_score": scores, "anomaly_map": maps}
+
+    batch = SimpleNamespace(image=torch.zeros(4, 3, 2, 2), gt_label=labels, gt_mask=masks)
+    image_auroc, pixel_auroc = score_exported(exported, [batch])  # type: ignore[arg-type]
+    assert image_auroc == 1.0
+    assert pixel_auroc == 1.0
