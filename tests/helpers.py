@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
 
     from anomalib.data import AnomalibDataModule
     from anomalib.models import AnomalibModule
+
+
+def accepted_arguments(cls: type) -> set[str]:
+    """Every ``__init__`` argument of ``cls`` and its bases (a config or a spec may set any of them)."""
+    return {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass).parameters}
 
 
 def make_engine(root: Path, max_epochs: int = 1, **kwargs) -> Engine:

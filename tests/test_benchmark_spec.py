@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from anomalib_ext.benchmark.cli import main
+from anomalib_ext.benchmark.models import model_arguments, resolve_model_class
 from anomalib_ext.benchmark.spec import SpecError, select, spec_commands
+from tests.helpers import accepted_arguments
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "configs" / "benchmarks").glob("*.yaml"))
 
@@ -99,3 +101,9 @@ def test_committed_specs_parse_into_valid_commands(path: Path, capsys: pytest.Ca
         args = parse_args(command)  # every option is one the command knows
         assert args.data
         assert args.models
+        for model in args.models:  # model-args and variants name real constructor arguments of each model
+            args.model = model
+            unknown = set(model_arguments(args)) - accepted_arguments(resolve_model_class(model))
+            for variant in args.variants:
+                unknown |= set(variant) - accepted_arguments(resolve_model_class(model))
+            assert not unknown, f"{path.name}: {model} has no argument(s) {sorted(unknown)}"

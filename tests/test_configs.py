@@ -7,13 +7,13 @@ otherwise only fail when a user runs ``anomalib train --config``. Ablation confi
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
 from anomalib_ext.benchmark.models import resolve_model_class
+from tests.helpers import accepted_arguments
 
 CONFIGS = sorted(
     path
@@ -26,11 +26,6 @@ MODEL_OF_FOLDER = {
     "rstpm": "anomalib_ext.RSTPM",
     "uniad": "anomalib_ext.UniAD",
 }
-
-
-def accepted_arguments(cls: type) -> set[str]:
-    """Every ``__init__`` argument of ``cls`` and its bases (a config may set any of them)."""
-    return {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass).parameters}
 
 
 def test_there_are_configs_for_every_model() -> None:
