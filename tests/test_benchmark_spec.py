@@ -103,7 +103,8 @@ def test_committed_specs_parse_into_valid_commands(path: Path, capsys: pytest.Ca
         assert args.models
         for model in args.models:  # model-args and variants name real constructor arguments of each model
             args.model = model
-            unknown = set(model_arguments(args)) - accepted_arguments(resolve_model_class(model))
+            accepted = accepted_arguments(resolve_model_class(model))
+            unknown = set(model_arguments(args)) - accepted
             for variant in args.variants:
-                unknown |= set(variant) - accepted_arguments(resolve_model_class(model))
+                unknown |= set(variant) - accepted
             assert not unknown, f"{path.name}: {model} has no argument(s) {sorted(unknown)}"

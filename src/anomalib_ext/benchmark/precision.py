@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from anomalib_ext.callbacks.progress import unit_range
+from anomalib_ext.callbacks.progress import auroc_any_scale
 from anomalib_ext.deploy.export import export_openvino
 from anomalib_ext.deploy.runtime import ExportedModel, cpu_supports
 
@@ -49,16 +49,12 @@ def exported_outputs(exported: ExportedModel, dataloader: Iterable[Batch]) -> di
 def score_exported(exported: ExportedModel, dataloader: Iterable[Batch]) -> tuple[float, float | None]:
     """Image AUROC of ``pred_score`` and pixel AUROC of ``anomaly_map`` over a test loader.
 
-    The outputs are rescaled onto [0, 1] first (``unit_range``, order kept): an IR exported without
+    The outputs are rescaled onto [0, 1] first (``auroc_any_scale``, order kept): an IR exported without
     its post-processor gives raw scores, which torchmetrics would squash through a sigmoid into ties.
     """
-    from torchmetrics.functional.classification import binary_auroc
-
     outputs = exported_outputs(exported, dataloader)
-    image = float(binary_auroc(unit_range(outputs["pred_score"]), outputs["gt_label"]))
-    pixel = (
-        float(binary_auroc(unit_range(outputs["anomaly_map"]), outputs["gt_mask"])) if "gt_mask" in outputs else None
-    )
+    image = auroc_any_scale(outputs["pred_score"], outputs["gt_label"])
+    pixel = auroc_any_scale(outputs["anomaly_map"], outputs["gt_mask"]) if "gt_mask" in outputs else None
     return image, pixel
 
 

@@ -133,15 +133,16 @@ def score_test_set(
         names = dict.fromkeys(categories)
         groups = [torch.tensor([i for i, category in enumerate(categories) if category == name]) for name in names]
     all_scores, all_labels = torch.cat(scores), torch.cat(labels)
-    image_auroc = sum(_auroc(all_scores[rows], all_labels[rows]) for rows in groups) / len(groups)
+    image_auroc = sum(auroc_any_scale(all_scores[rows], all_labels[rows]) for rows in groups) / len(groups)
     if not masks:
         return image_auroc, None
     all_maps, all_masks = torch.cat(maps), torch.cat(masks)
-    pixel_auroc = sum(_auroc(all_maps[rows].flatten(), all_masks[rows].flatten()) for rows in groups) / len(groups)
+    pixel_aurocs = [auroc_any_scale(all_maps[rows].flatten(), all_masks[rows].flatten()) for rows in groups]
+    pixel_auroc = sum(pixel_aurocs) / len(groups)
     return image_auroc, pixel_auroc
 
 
-def _auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
+def auroc_any_scale(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Binary AUROC of scores on any scale (rescaled to [0, 1] first, see :func:`unit_range`)."""
     from torchmetrics.functional.classification import binary_auroc
 
