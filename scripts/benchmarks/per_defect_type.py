@@ -12,17 +12,14 @@ MTD): it says which defects are missed and which layer sees them.
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_ext.benchmark.models import resolve_model_class
-from anomalib_ext.benchmark.runner import make_datamodule
-from anomalib_ext.callbacks.progress import unit_range
+from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained
+from anomalib_ext.callbacks.progress import auroc_any_scale
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule
@@ -60,7 +57,7 @@ def score_test_split(model: torch.nn.Module, datamodule: LightningDataModule) ->
 
 def percent_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """AUROC in percent, with the scores brought to [0, 1] first as the test curve does (no sigmoid ties)."""
-    return 100 * float(binary_auroc(unit_range(scores), labels.long()))
+    return 100 * auroc_any_scale(scores, labels.long())
 
 
 def auroc_table(results: Scores) -> str:
@@ -88,17 +85,8 @@ def auroc_table(results: Scores) -> str:
 
 def main() -> None:
     """Load the checkpoint, score the test split, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model class, as for anomalib-ext benchmark")
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="MVTec-layout folder")
-    parser.add_argument("--image-size", type=int, default=256)
-    args = parser.parse_args()
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    model_cls = resolve_model_class(args.model)
-    model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
-    datamodule = make_datamodule(argparse.Namespace(**vars(args), batch_size=16, num_workers=0), model_cls)
+    parser = checkpoint_parser(__doc__)
+    model, datamodule = load_trained(parser, parser.parse_args())
     print(auroc_table(score_test_split(model, datamodule)))
 
 

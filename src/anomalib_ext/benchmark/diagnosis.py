@@ -1,0 +1,45 @@
+"""Shared set-up of the diagnosis scripts: a trained checkpoint and the test split it was scored on.
+
+``scripts/benchmarks/per_defect_type.py``, ``map_position_bias.py`` and ``rd4ad_distance.py`` each take a
+checkpoint written by ``anomalib-ext benchmark`` (or ``anomalib train``) and re-score its data; this module
+gives them one command line and one loader, so their numbers come from the benchmark's own data module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anomalib_ext.benchmark.models import resolve_model_class
+from anomalib_ext.benchmark.runner import make_datamodule
+
+if TYPE_CHECKING:
+    from anomalib.models import AnomalibModule
+
+    from anomalib_ext.data import MVTecStyle
+
+
+def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+    """``--model``, ``--checkpoint``, ``--data`` and ``--image-size``, as every diagnosis script takes them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model class, as for anomalib-ext benchmark")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="MVTec-layout folder")
+    parser.add_argument("--image-size", type=int, default=256)
+    return parser
+
+
+def load_trained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[AnomalibModule, MVTecStyle]:
+    """The checkpoint's model in eval mode on the CPU, and the data module at ``--image-size`` (batch 16).
+
+    Exits through ``parser.error`` naming the argument when the checkpoint or the data folder is missing.
+    """
+    if not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder")
+    model_cls = resolve_model_class(args.model)
+    model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    datamodule = make_datamodule(argparse.Namespace(**vars(args), batch_size=16, num_workers=0), model_cls)
+    return model, datamodule
