@@ -1,4 +1,4 @@
-"""The diagnosis scripts' shared loader and RD4AD's distance diagnosis (scripts/benchmarks/rd4ad_distance.py)."""
+"""The diagnosis scripts' shared loader and RD4AD's distance diagnosis (scripts/benchmarks/distillation_distance.py)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def normal_features(count: int = 4000) -> torch.Tensor:
 
 def test_gaussian_distance_weighs_directions_by_their_normal_spread() -> None:
     """An offset along a channel that varies little on normal features scores far higher than along a wide one."""
-    distance = load_script("rd4ad_distance").gaussian_distance
+    distance = load_script("distillation_distance").gaussian_distance
     normal = normal_features()
     # the same offset of 0.5 along the wide channel and along the narrow one, at position 0
     test = torch.zeros(2, 2, 1, 2)
@@ -78,7 +78,7 @@ def test_gaussian_distance_weighs_directions_by_their_normal_spread() -> None:
 
 def test_one_gaussian_for_all_positions_mixes_their_means() -> None:
     """Per-position statistics know each position's mean; one Gaussian for all positions does not."""
-    distance = load_script("rd4ad_distance").gaussian_distance
+    distance = load_script("distillation_distance").gaussian_distance
     normal = normal_features()
     test = torch.zeros(1, 2, 1, 2)
     test[..., 1] += 5  # each position at its own normal mean
@@ -90,7 +90,7 @@ def test_one_gaussian_for_all_positions_mixes_their_means() -> None:
 
 def test_diagonal_gaussian_ignores_correlation() -> None:
     """A move against two channels' normal correlation counts under the full covariance only."""
-    distance = load_script("rd4ad_distance").gaussian_distance
+    distance = load_script("distillation_distance").gaussian_distance
     generator = torch.Generator().manual_seed(0)
     common = torch.randn(4000, 1, 1, 1, generator=generator)
     normal = torch.cat([common, common + 0.05 * torch.randn(4000, 1, 1, 1, generator=generator)], dim=1)

@@ -1,6 +1,6 @@
 """Shared set-up of the diagnosis scripts: a trained checkpoint and the test split it was scored on.
 
-``scripts/benchmarks/per_defect_type.py``, ``map_position_bias.py`` and ``rd4ad_distance.py`` each take a
+``scripts/benchmarks/per_defect_type.py``, ``map_position_bias.py`` and ``distillation_distance.py`` each take a
 checkpoint written by ``anomalib-ext benchmark`` (or ``anomalib train``) and re-score its data; this module
 gives them one command line and one loader, so their numbers come from the benchmark's own data module.
 """
@@ -39,7 +39,7 @@ def load_trained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
         parser.error(f"--checkpoint {args.checkpoint} is not a file")
     if not args.data.is_dir():
         parser.error(f"--data {args.data} is not a folder")
-    model_cls = resolve_model_class(args.model)
+    model_cls: type[AnomalibModule] = resolve_model_class(args.model)
     model = model_cls.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     datamodule = make_datamodule(argparse.Namespace(**vars(args), batch_size=16, num_workers=0), model_cls)
     return model, datamodule

@@ -1,27 +1,29 @@
-"""Is RD4AD's distance what keeps it below PaDiM? One trained RD4AD, its features scored with other distances.
+"""Is a distillation model's distance what keeps it below PaDiM? Its own features, scored with other distances.
 
-RD4AD scores a position by ``1 - cos(teacher, student)``: every channel weighs as its magnitude says,
-and every position is held to the same yardstick. anomalib's PaDiM scores the same teacher features
+RD4AD and RSTPM score a position by ``1 - cos(teacher, student)``: every channel weighs as its magnitude
+says, and every position is held to the same yardstick. anomalib's PaDiM scores the same teacher features
 by their Mahalanobis distance to a Gaussian fitted per position on normal images, which weighs each
-channel direction by how little it varies on normal images. This script takes an RD4AD checkpoint
-written by ``anomalib-ext benchmark``, extracts the teacher's and the student's features for the
-training images (the statistics) and the test images (the scores), and prints image / pixel AUROC
-per teacher layer and for the official fusion (the three layers' maps upsampled, summed and smoothed
-with the model's own sigma-4 blur), then how closely the student follows the teacher on training, normal
-test and defective test images. The distances:
+channel direction by how little it varies there. This script takes an RD4AD or RSTPM checkpoint written
+by ``anomalib-ext benchmark``, extracts the teacher's and the student's features of every map (RD4AD's
+three layers; RSTPM's pair 1 then pair 2) for the training images (the statistics) and the test images
+(the scores), and prints image / pixel AUROC per map and for all maps summed, each map upsampled and
+smoothed with a sigma-4 Gaussian (RD4AD's own fusion; RSTPM multiplies its maps, so its own map is a row
+of its own), then how closely the student follows the teacher on each split. The distances:
 
-- the model's own ``1 - cos(t, s)`` and the Euclidean distance between ``t`` and ``s``;
-- the teacher alone: distance to the per-position normal mean, and the per-position Gaussian
-  (PaDiM's distance on one layer, all its channels, regularised by 0.01 as PaDiM is);
-- the residual ``t - s`` under a per-position Gaussian, a per-position diagonal one (channel z-scores)
-  and one Gaussian shared by every position.
+- the model's own ``1 - cos(t, s)``;
+- the teacher alone: Euclidean distance to the per-position normal mean, and the per-position Gaussian
+  (PaDiM's distance on one layer, all its channels), on the raw features and on their direction;
+- the unit residual ``t/|t| - s/|s|`` (what the cosine measures: its squared length is ``2 (1 - cos)``)
+  under a per-position Gaussian, a per-position diagonal one (channel z-scores) and one Gaussian shared
+  by every position.
 
-If the residual under a Gaussian ranks images as the teacher under a Gaussian does, and both far above
-``1 - cos``, then the student's residual carries what PaDiM sees and the distance is what loses it.
-The statistics come from the training images, which the student was trained on (its residuals there
-are smaller than on new normal images); the pixel AUROC is on every 7th pixel of the test maps.
+If the unit residual under a per-position Gaussian ranks images as PaDiM does and far above ``1 - cos``,
+the student's residual carries what PaDiM sees and the isotropic distance is what loses it; if the teacher's
+direction alone does as well, the student adds nothing a Gaussian of the teacher lacks. The statistics come
+from the training images, which the student was trained on (its residuals there are smaller than on new
+normal images); the pixel AUROC is on every 7th pixel of the test maps.
 
-    python scripts/benchmarks/rd4ad_distance.py --model RD4AD --checkpoint model.ckpt \
+    python scripts/benchmarks/distillation_distance.py --model RD4AD --checkpoint model.ckpt \
         --data ../shared/datasets/mtd --image-size 128
 """
 
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components.filters import GaussianBlur2d
 
 from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained
 from anomalib_ext.callbacks.progress import auroc_any_scale
@@ -40,40 +43,50 @@ from anomalib_ext.callbacks.progress import auroc_any_scale
 # Added to each covariance's diagonal, times the mean channel variance: PaDiM adds an absolute 0.01 to raw
 # features; relative to the spread it stays as gentle on unit-length directions as on raw features.
 REGULARISATION = 0.01
+SMOOTHING = 4.0  # sigma of the Gaussian on every upsampled map, as RD4AD's official code (scipy, truncate 4)
+SMOOTHING_KERNEL = 2 * int(4 * SMOOTHING + 0.5) + 1
 
 
 @dataclass
 class Features:
-    """Teacher and student features per layer (``N x C x h x w``), and per image its label and mask."""
+    """Teacher and student features per map (``N x C x h x w``); per image the model's own map, label and mask."""
 
     teacher: list[torch.Tensor]
     student: list[torch.Tensor]
+    own_map: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor | None
 
-    def residual(self) -> list[torch.Tensor]:
-        """``teacher - student`` per layer."""
-        return [t - s for t, s in zip(self.teacher, self.student, strict=True)]
+
+def pyramids(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher and student features whose cosine distances make the model's maps, one entry per map."""
+    torch_model = model.model
+    if hasattr(torch_model, "decoder"):  # RD4AD: teacher layers, and the student decoded from their bottleneck
+        teacher = list(torch_model.encoder(images).values())
+        return teacher, list(torch_model.decoder(torch_model.bottleneck(teacher)))
+    features = torch_model.features(images)  # RSTPM: pair 1's maps, then pair 2's
+    return [*features.teacher1, *features.teacher2], [*features.student1, *features.student2]
 
 
 def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> Features:
-    """Run the teacher and the student over ``loader`` (after the model's own pre-processing)."""
-    rd4ad = model.model
+    """Run the teachers and students over ``loader`` (after the model's own pre-processing)."""
     teacher: list[list[torch.Tensor]] = []
     student: list[list[torch.Tensor]] = []
-    labels, masks = [], []
+    own_maps, labels, masks = [], [], []
     with torch.no_grad():
         for batch in loader:
             images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
-            features = list(rd4ad.encoder(images).values())
-            teacher.append(features)
-            student.append(rd4ad.decoder(rd4ad.bottleneck(features)))
+            batch_teacher, batch_student = pyramids(model, images)
+            teacher.append(batch_teacher)
+            student.append(batch_student)
+            own_maps.append(model.model(images).anomaly_map)
             labels.extend(Path(path).parent.name != "good" for path in batch.image_path)
             masks.append(batch.gt_mask)
     has_masks = all(mask is not None for mask in masks)
     return Features(
         teacher=[torch.cat(layer) for layer in zip(*teacher, strict=True)],
         student=[torch.cat(layer) for layer in zip(*student, strict=True)],
+        own_map=torch.cat(own_maps),
         labels=torch.tensor(labels).long(),
         masks=torch.cat(masks).float() if has_masks else None,
     )
@@ -154,12 +167,13 @@ def auroc_cell(maps: torch.Tensor, test: Features) -> str:
     return f"{image:.1f} / {pixel:.1f}"
 
 
-def distance_table(model: torch.nn.Module, train: Features, test: Features, size: tuple[int, int]) -> str:
-    """Markdown: one row per distance, one column per teacher layer and one for the three summed."""
-    blur = model.model.anomaly_map_generator.blur
+def distance_table(train: Features, test: Features, size: tuple[int, int]) -> str:
+    """Markdown: one row per distance, one column per map and one for all maps summed; first the model's own map."""
+    blur = GaussianBlur2d(kernel_size=(SMOOTHING_KERNEL, SMOOTHING_KERNEL), sigma=(SMOOTHING, SMOOTHING), channels=1)
     layers = range(len(test.teacher))
-    header = " | ".join(f"layer {layer + 1}" for layer in layers)
-    lines = [f"| distance | {header} | layers summed |", "|---|" + "---|" * (len(layers) + 1)]
+    header = " | ".join(f"map {layer + 1}" for layer in layers)
+    lines = [f"| distance | {header} | all maps summed |", "|---|" + "---|" * (len(layers) + 1)]
+    lines.append("| the model's own map | " + " | " * len(layers) + f"{auroc_cell(test.own_map, test)} |")
     for name, distance in DISTANCES.items():
         maps = [
             blur(F.interpolate(distance(train, test, layer), size=size, mode="bilinear", align_corners=True))
@@ -171,10 +185,10 @@ def distance_table(model: torch.nn.Module, train: Features, test: Features, size
 
 
 def student_table(train: Features, test: Features) -> str:
-    """Markdown per layer: mean ``1 - cos(t, s)`` on each split, and the student's norm against the teacher's.
+    """Markdown per map: mean ``1 - cos(t, s)`` on each split, and the student's norm against the teacher's.
 
-    RD4AD's loss constrains the student's direction only, so ``|s| / |t|`` is free: a Euclidean distance
-    between the two measures the scale as much as the fit.
+    Both models' losses constrain the student's direction only, so ``|s| / |t|`` is free: a Euclidean
+    distance between the two would measure the scale as much as the fit.
     """
 
     def mean_cosine_distance(features: Features, layer: int, keep: torch.Tensor) -> str:
@@ -183,7 +197,7 @@ def student_table(train: Features, test: Features) -> str:
 
     every_image = torch.ones_like(train.labels, dtype=torch.bool)
     lines = [
-        "| layer | 1 - cos, training | 1 - cos, normal test | 1 - cos, defective test | student / teacher norm |",
+        "| map | 1 - cos, training | 1 - cos, normal test | 1 - cos, defective test | student / teacher norm |",
         "|---|---|---|---|---|",
     ]
     for layer in range(len(test.teacher)):
@@ -203,11 +217,11 @@ def main() -> None:
     parser = checkpoint_parser(__doc__)
     args = parser.parse_args()
     model, datamodule = load_trained(parser, args)
-    if not hasattr(model.model, "decoder"):
-        parser.error(f"--model {args.model}: this diagnosis needs an RD4AD checkpoint (a teacher and a student)")
+    if not (hasattr(model.model, "decoder") or hasattr(model.model, "student2")):
+        parser.error(f"--model {args.model}: this diagnosis needs an RD4AD or RSTPM checkpoint")
     train = extract(model, datamodule.train_dataloader())
     test = extract(model, datamodule.test_dataloader())
-    print(distance_table(model, train, test, (args.image_size, args.image_size)))
+    print(distance_table(train, test, (args.image_size, args.image_size)))
     print("\nHow closely the student follows the teacher (means over positions and images):\n")
     print(student_table(train, test))
     print(f"\n{len(train.labels)} training images made the statistics; {len(test.labels)} test images scored.")
