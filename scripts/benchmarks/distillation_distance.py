@@ -1,16 +1,17 @@
 """Is a distillation model's distance what keeps it below PaDiM? Its own features, scored with other distances.
 
-RD4AD and RSTPM score a position by ``1 - cos(teacher, student)``: every channel weighs as its magnitude
-says, and every position is held to the same yardstick. anomalib's PaDiM scores the same teacher features
-by their Mahalanobis distance to a Gaussian fitted per position on normal images, which weighs each
-channel direction by how little it varies there. This script takes an RD4AD or RSTPM checkpoint written
-by ``anomalib-ext benchmark``, extracts the teacher's and the student's features of every map (RD4AD's
-three layers; RSTPM's pair 1 then pair 2) for the training images (the statistics) and the test images
-(the scores), and prints image / pixel AUROC per map and for all maps summed, each map upsampled and
-smoothed with a sigma-4 Gaussian (RD4AD's own fusion; RSTPM multiplies its maps, so its own map is a row
-of its own), then how closely the student follows the teacher on each split. The distances:
+RD4AD and RSTPM score a position by ``1 - cos(teacher, student)``: every channel weighs as its magnitude says, and
+every position is held to the same yardstick. anomalib's PaDiM scores the same teacher features by their
+Mahalanobis distance to a Gaussian fitted per position on normal images, which weighs each channel direction by
+how little it varies there. This script takes an RD4AD, RSTPM or UniAD checkpoint written by ``anomalib-ext
+benchmark``, extracts the teacher's and the student's features of every map (RD4AD's three layers; RSTPM's pair 1
+then pair 2; UniAD's one grid of aligned backbone features and its reconstruction, whose own distance is
+Euclidean) for the training images (the statistics) and the test images (the scores), and prints image / pixel
+AUROC per map and for all maps summed, each map upsampled and smoothed with a sigma-4 Gaussian (RD4AD's own
+fusion; RSTPM multiplies its maps and UniAD measures a Euclidean distance, so the first row, the model's own map,
+is theirs), then how closely the student follows the teacher on each split. The distances:
 
-- the model's own ``1 - cos(t, s)``;
+- ``1 - cos(t, s)``, RD4AD's and RSTPM's own;
 - the teacher alone: Euclidean distance to the per-position normal mean, and the per-position Gaussian
   (PaDiM's distance on one layer, all its channels), on the raw features and on their direction;
 - the unit residual ``t/|t| - s/|s|`` (what the cosine measures: its squared length is ``2 (1 - cos)``)
@@ -49,11 +50,12 @@ SMOOTHING_KERNEL = 2 * int(4 * SMOOTHING + 0.5) + 1
 
 @dataclass
 class Features:
-    """Teacher and student features per map (``N x C x h x w``); per image the model's own map, label and mask."""
+    """Teacher and student features per map (``N x C x h x w``); per image the model's map and score, label, mask."""
 
     teacher: list[torch.Tensor]
     student: list[torch.Tensor]
     own_map: torch.Tensor
+    own_score: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor | None
 
@@ -61,6 +63,9 @@ class Features:
 def pyramids(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The teacher and student features whose cosine distances make the model's maps, one entry per map."""
     torch_model = model.model
+    if hasattr(torch_model, "reconstruct"):  # UniAD: the aligned backbone features and their reconstruction
+        features = torch_model.extract_features(images)
+        return [features], [torch_model.reconstruct(features)]
     if hasattr(torch_model, "decoder"):  # RD4AD: teacher layers, and the student decoded from their bottleneck
         teacher = list(torch_model.encoder(images).values())
         return teacher, list(torch_model.decoder(torch_model.bottleneck(teacher)))
@@ -72,14 +77,16 @@ def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> Feat
     """Run the teachers and students over ``loader`` (after the model's own pre-processing)."""
     teacher: list[list[torch.Tensor]] = []
     student: list[list[torch.Tensor]] = []
-    own_maps, labels, masks = [], [], []
+    own_maps, own_scores, labels, masks = [], [], [], []
     with torch.no_grad():
         for batch in loader:
             images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
             batch_teacher, batch_student = pyramids(model, images)
             teacher.append(batch_teacher)
             student.append(batch_student)
-            own_maps.append(model.model(images).anomaly_map)
+            output = model.model(images)
+            own_maps.append(output.anomaly_map)
+            own_scores.append(output.pred_score.flatten())
             labels.extend(Path(path).parent.name != "good" for path in batch.image_path)
             masks.append(batch.gt_mask)
     has_masks = all(mask is not None for mask in masks)
@@ -87,6 +94,7 @@ def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> Feat
         teacher=[torch.cat(layer) for layer in zip(*teacher, strict=True)],
         student=[torch.cat(layer) for layer in zip(*student, strict=True)],
         own_map=torch.cat(own_maps),
+        own_score=torch.cat(own_scores),
         labels=torch.tensor(labels).long(),
         masks=torch.cat(masks).float() if has_masks else None,
     )
@@ -144,7 +152,7 @@ def unit_residual(features: Features, layer: int) -> torch.Tensor:
 
 
 DISTANCES: dict[str, Distance] = {
-    "1 - cos(t, s) (the model's)": lambda _train, test, layer: (
+    "1 - cos(t, s) (RD4AD's and RSTPM's)": lambda _train, test, layer: (
         1 - F.cosine_similarity(test.teacher[layer], test.student[layer], dim=1).unsqueeze(1)
     ),
     "teacher: Euclidean to the normal mean at its position": lambda train, test, layer: (
@@ -158,9 +166,9 @@ DISTANCES: dict[str, Distance] = {
 }
 
 
-def auroc_cell(maps: torch.Tensor, test: Features) -> str:
-    """``image / pixel`` AUROC in percent of ``N x 1 x H x W`` maps, images scored by their maximum."""
-    image = 100 * auroc_any_scale(maps.flatten(1).max(dim=1).values, test.labels)
+def auroc_cell(maps: torch.Tensor, test: Features, scores: torch.Tensor | None = None) -> str:
+    """``image / pixel`` AUROC in percent of ``N x 1 x H x W`` maps; images scored by ``scores``, else the maximum."""
+    image = 100 * auroc_any_scale(maps.flatten(1).max(dim=1).values if scores is None else scores, test.labels)
     if test.masks is None:
         return f"{image:.1f} / n/a"
     pixel = 100 * auroc_any_scale(maps.flatten()[::7], test.masks.flatten()[::7].long())
@@ -173,7 +181,8 @@ def distance_table(train: Features, test: Features, size: tuple[int, int]) -> st
     layers = range(len(test.teacher))
     header = " | ".join(f"map {layer + 1}" for layer in layers)
     lines = [f"| distance | {header} | all maps summed |", "|---|" + "---|" * (len(layers) + 1)]
-    lines.append("| the model's own map | " + " | " * len(layers) + f"{auroc_cell(test.own_map, test)} |")
+    own = auroc_cell(test.own_map, test, test.own_score)
+    lines.append("| the model's own map and score | " + " | " * len(layers) + f"{own} |")
     for name, distance in DISTANCES.items():
         maps = [
             blur(F.interpolate(distance(train, test, layer), size=size, mode="bilinear", align_corners=True))
@@ -217,8 +226,8 @@ def main() -> None:
     parser = checkpoint_parser(__doc__)
     args = parser.parse_args()
     model, datamodule = load_trained(parser, args)
-    if not (hasattr(model.model, "decoder") or hasattr(model.model, "student2")):
-        parser.error(f"--model {args.model}: this diagnosis needs an RD4AD or RSTPM checkpoint")
+    if not any(hasattr(model.model, name) for name in ("decoder", "student2", "reconstruct")):
+        parser.error(f"--model {args.model}: this diagnosis needs an RD4AD, RSTPM or UniAD checkpoint")
     train = extract(model, datamodule.train_dataloader())
     test = extract(model, datamodule.test_dataloader())
     print(distance_table(train, test, (args.image_size, args.image_size)))

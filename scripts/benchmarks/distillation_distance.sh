@@ -2,12 +2,13 @@
 # Why the distillation models rank images below anomalib's PaDiM on the same Lite0 features. Trains, at 128 px
 # with teacher features cached, RD4AD's official recipe (40 epochs, curve every 8) on MTD, MVTec 3D-AD tire and
 # KolektorSDD, and RSTPM's stage 1 (the S-T map; the row "RSTPM (S-T map, attention *+)" of
-# configs/benchmarks/rstpm_student_ablations.yaml: 12 epochs, curve every 2) on MTD; rows are appended to
+# configs/benchmarks/rstpm_student_ablations.yaml: 12 epochs, curve every 2) on MTD, and UniAD separate on MTD (the
+# row of configs/benchmarks/uniad_unified.yaml: 21 epochs, about 1,000 updates); rows are appended to
 # docs/benchmarks.md. Then re-scores each trained model with other distances on its own features
 # (scripts/benchmarks/distillation_distance.py) and checks where normal images peak
 # (scripts/benchmarks/map_position_bias.py). The tables are printed; docs/benchmarks.md quotes them.
-# Usage: bash scripts/benchmarks/distillation_distance.sh [rd4ad:mtd rd4ad:tire rd4ad:kolektor rstpm:mtd ...]
-#        (default: all four)
+# Usage: bash scripts/benchmarks/distillation_distance.sh [rd4ad:mtd rd4ad:tire rd4ad:kolektor rstpm:mtd uniad:mtd]
+#        (default: all five)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -19,8 +20,10 @@ declare -A DATA=([mtd]="${MTD_ROOT:-../shared/datasets/mtd}" [tire]=datasets/tir
 RSTPM_ARGS='{"teacher1": "efficientnet_lite0", "teacher2": "efficientnet_lite0",
   "layers1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"], "layers2": ["blocks.1", "blocks.2", "blocks.4"],
   "stage1_epochs": 1000, "score_map": "student_teacher", "cache_teacher_features": true}'
+UNIAD_ARGS='{"backbone": "efficientnet_lite0", "layers": [0, 1, 2, 3], "input_size": [128, 128],
+  "neighbor_size": [3, 3], "pool_size": 9, "cache_teacher_features": true}'
 runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(rd4ad:mtd rd4ad:tire rd4ad:kolektor rstpm:mtd)
+[ ${#runs[@]} -eq 0 ] && runs=(rd4ad:mtd rd4ad:tire rd4ad:kolektor rstpm:mtd uniad:mtd)
 for run in "${runs[@]}"; do
   model="${run%%:*}"
   name="${run#*:}"
@@ -38,7 +41,11 @@ for run in "${runs[@]}"; do
       class=RSTPM
       "$VENV/bin/anomalib-ext" benchmark --model RSTPM --epochs 12 --curve-every 2 --model-args "$RSTPM_ARGS" \
         --label "RSTPM (S-T map, attention *+), stage 1 only, 12 epochs" "${common[@]}" ;;
-    *) echo "unknown model $model: use rd4ad or rstpm" >&2; exit 1 ;;
+    uniad)
+      class=UniAD
+      "$VENV/bin/anomalib-ext" benchmark --model UniAD --epochs 21 --curve-every 4 --model-args "$UNIAD_ARGS" \
+        --label "UniAD separate, about 1,000 updates" "${common[@]}" ;;
+    *) echo "unknown model $model: use rd4ad, rstpm or uniad" >&2; exit 1 ;;
   esac
   checkpoint="$(find "$WORK/$model/$name" -name model.ckpt | sort | tail -1)"
   for diagnosis in distillation_distance map_position_bias; do

@@ -8,7 +8,8 @@ that on a checkpoint written by ``anomalib-ext benchmark`` (any model whose outp
 
 - where the maximum of each normal test image's map lies: the share inside a border band, against the band's
   share of the area;
-- image / pixel AUROC of the model's own map, of the map with a border band cut away, and of the map
+- image / pixel AUROC of the model's own map (images scored by the map's maximum, which is RD4AD's and
+  RSTPM's default image score but not UniAD's), of the map with a border band cut away, and of the map
   standardised per position by the mean and standard deviation of the maps of normal images. Those come
   from half of the ``good`` test images (every other file); all AUROCs are measured on the other half
   and every defective image, so no image is scored against statistics it helped to make.
@@ -79,7 +80,7 @@ def report(maps: torch.Tensor, masks: torch.Tensor, paths: list[str]) -> str:
     mean = maps[reference].mean(dim=0)
     std = maps[reference].std(dim=0).clamp_min(1e-6)
     own = scores(maps_held, masks_held, labels)
-    lines += ["", "| map | image / pixel AUROC |", "|---|---|", f"| model's own | {own} |"]
+    lines += ["", "| map | image / pixel AUROC |", "|---|---|", f"| the model's map | {own} |"]
     for band in BANDS:
         cut = torch.where(border_mask(maps.shape, band), torch.zeros_like(maps_held), maps_held)
         lines.append(f"| border band of {band} px set to 0 | {scores(cut, masks_held, labels)} |")
