@@ -61,7 +61,7 @@ class Features:
 
 
 def pyramids(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The teacher and student features whose cosine distances make the model's maps, one entry per map."""
+    """The teacher and student (or reconstructed) features whose distances make the model's maps, one per map."""
     torch_model = model.model
     if hasattr(torch_model, "reconstruct"):  # UniAD: the aligned backbone features and their reconstruction
         features = torch_model.extract_features(images)
