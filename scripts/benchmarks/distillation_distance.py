@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components.filters import GaussianBlur2d
 
-from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained
-from anomalib_ext.callbacks.progress import auroc_any_scale
+from anomalib_ext.benchmark.diagnosis import auroc_cell, checkpoint_parser, load_trained, model_input
+from anomalib_ext.models.rd4ad import RD4ADModel
+from anomalib_ext.models.rstpm import RSTPMModel
+from anomalib_ext.models.uniad import UniADModel
 
 # Added to each covariance's diagonal, times the mean channel variance: PaDiM adds an absolute 0.01 to raw
 # features; relative to the spread it stays as gentle on unit-length directions as on raw features.
@@ -50,53 +52,57 @@ SMOOTHING_KERNEL = 2 * int(4 * SMOOTHING + 0.5) + 1
 
 @dataclass
 class Features:
-    """Teacher and student features per map (``N x C x h x w``); per image the model's map and score, label, mask."""
+    """Teacher and student features per map (``N x C x h x w``), per image its label and mask.
+
+    On the test split also the model's own map and image score, for the table's first row.
+    """
 
     teacher: list[torch.Tensor]
     student: list[torch.Tensor]
-    own_map: torch.Tensor
-    own_score: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor | None
+    own_map: torch.Tensor | None = None
+    own_score: torch.Tensor | None = None
 
 
 def pyramids(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The teacher and student (or reconstructed) features whose distances make the model's maps, one per map."""
     torch_model = model.model
-    if hasattr(torch_model, "reconstruct"):  # UniAD: the aligned backbone features and their reconstruction
+    if isinstance(torch_model, UniADModel):  # the aligned backbone features and their reconstruction
         features = torch_model.extract_features(images)
         return [features], [torch_model.reconstruct(features)]
-    if hasattr(torch_model, "decoder"):  # RD4AD: teacher layers, and the student decoded from their bottleneck
+    if isinstance(torch_model, RD4ADModel):  # teacher layers, and the student decoded from their bottleneck
         teacher = list(torch_model.encoder(images).values())
         return teacher, list(torch_model.decoder(torch_model.bottleneck(teacher)))
     features = torch_model.features(images)  # RSTPM: pair 1's maps, then pair 2's
     return [*features.teacher1, *features.teacher2], [*features.student1, *features.student2]
 
 
-def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> Features:
-    """Run the teachers and students over ``loader`` (after the model's own pre-processing)."""
+def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader, *, model_output: bool = False) -> Features:
+    """Run the teachers and students over ``loader``; with ``model_output``, the model's own forward too."""
     teacher: list[list[torch.Tensor]] = []
     student: list[list[torch.Tensor]] = []
     own_maps, own_scores, labels, masks = [], [], [], []
     with torch.no_grad():
         for batch in loader:
-            images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
+            images = model_input(model, batch)
             batch_teacher, batch_student = pyramids(model, images)
             teacher.append(batch_teacher)
             student.append(batch_student)
-            output = model.model(images)
-            own_maps.append(output.anomaly_map)
-            own_scores.append(output.pred_score.flatten())
+            if model_output:
+                output = model.model(images)
+                own_maps.append(output.anomaly_map)
+                own_scores.append(output.pred_score.flatten())
             labels.extend(Path(path).parent.name != "good" for path in batch.image_path)
             masks.append(batch.gt_mask)
     has_masks = all(mask is not None for mask in masks)
     return Features(
         teacher=[torch.cat(layer) for layer in zip(*teacher, strict=True)],
         student=[torch.cat(layer) for layer in zip(*student, strict=True)],
-        own_map=torch.cat(own_maps),
-        own_score=torch.cat(own_scores),
         labels=torch.tensor(labels).long(),
         masks=torch.cat(masks).float() if has_masks else None,
+        own_map=torch.cat(own_maps) if model_output else None,
+        own_score=torch.cat(own_scores) if model_output else None,
     )
 
 
@@ -166,30 +172,22 @@ DISTANCES: dict[str, Distance] = {
 }
 
 
-def auroc_cell(maps: torch.Tensor, test: Features, scores: torch.Tensor | None = None) -> str:
-    """``image / pixel`` AUROC in percent of ``N x 1 x H x W`` maps; images scored by ``scores``, else the maximum."""
-    image = 100 * auroc_any_scale(maps.flatten(1).max(dim=1).values if scores is None else scores, test.labels)
-    if test.masks is None:
-        return f"{image:.1f} / n/a"
-    pixel = 100 * auroc_any_scale(maps.flatten()[::7], test.masks.flatten()[::7].long())
-    return f"{image:.1f} / {pixel:.1f}"
-
-
 def distance_table(train: Features, test: Features, size: tuple[int, int]) -> str:
     """Markdown: one row per distance, one column per map and one for all maps summed; first the model's own map."""
     blur = GaussianBlur2d(kernel_size=(SMOOTHING_KERNEL, SMOOTHING_KERNEL), sigma=(SMOOTHING, SMOOTHING), channels=1)
     layers = range(len(test.teacher))
     header = " | ".join(f"map {layer + 1}" for layer in layers)
     lines = [f"| distance | {header} | all maps summed |", "|---|" + "---|" * (len(layers) + 1)]
-    own = auroc_cell(test.own_map, test, test.own_score)
-    lines.append("| the model's own map and score | " + " | " * len(layers) + f"{own} |")
+    if test.own_map is not None:
+        own = auroc_cell(test.own_map, test.labels, test.masks, test.own_score)
+        lines.append("| the model's own map and score | " + " | " * len(layers) + f"{own} |")
     for name, distance in DISTANCES.items():
         maps = [
             blur(F.interpolate(distance(train, test, layer), size=size, mode="bilinear", align_corners=True))
             for layer in layers
         ]
-        cells = [auroc_cell(layer_map, test) for layer_map in maps]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {auroc_cell(sum(maps), test)} |")
+        cells = [auroc_cell(layer_map, test.labels, test.masks) for layer_map in maps]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {auroc_cell(sum(maps), test.labels, test.masks)} |")
     return "\n".join(lines)
 
 
@@ -226,10 +224,10 @@ def main() -> None:
     parser = checkpoint_parser(__doc__)
     args = parser.parse_args()
     model, datamodule = load_trained(parser, args)
-    if not any(hasattr(model.model, name) for name in ("decoder", "student2", "reconstruct")):
+    if not isinstance(model.model, RD4ADModel | RSTPMModel | UniADModel):
         parser.error(f"--model {args.model}: this diagnosis needs an RD4AD, RSTPM or UniAD checkpoint")
     train = extract(model, datamodule.train_dataloader())
-    test = extract(model, datamodule.test_dataloader())
+    test = extract(model, datamodule.test_dataloader(), model_output=True)
     print(distance_table(train, test, (args.image_size, args.image_size)))
     print("\nHow closely the student follows the teacher (means over positions and images):\n")
     print(student_table(train, test))

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained
-from anomalib_ext.callbacks.progress import auroc_any_scale
+from anomalib_ext.benchmark.diagnosis import auroc_cell, checkpoint_parser, load_trained, model_input
 
 BANDS = (4, 8, 16)
 
@@ -37,8 +36,7 @@ def test_maps(model: torch.nn.Module, datamodule: object) -> tuple[torch.Tensor,
     maps, masks, paths = [], [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():  # type: ignore[attr-defined]
-            images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
-            anomaly_map = model.model(images).anomaly_map.squeeze(1)
+            anomaly_map = model.model(model_input(model, batch)).anomaly_map.squeeze(1)
             maps.append(anomaly_map)
             size = anomaly_map.shape[-2:]
             masks.append(torch.nn.functional.interpolate(batch.gt_mask.float().unsqueeze(1), size=size).squeeze(1))
@@ -51,13 +49,6 @@ def border_mask(shape: torch.Size, band: int) -> torch.Tensor:
     inside = torch.zeros(shape[-2:], dtype=torch.bool)
     inside[band:-band, band:-band] = True
     return ~inside
-
-
-def scores(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> str:
-    """``image / pixel`` AUROC in percent of maps scored by their maximum (every 7th pixel for the pixel AUROC)."""
-    image = 100 * auroc_any_scale(maps.flatten(1).max(dim=1).values, labels)
-    pixel = 100 * auroc_any_scale(maps.flatten()[::7], masks.flatten()[::7].long())
-    return f"{image:.1f} / {pixel:.1f}"
 
 
 def report(maps: torch.Tensor, masks: torch.Tensor, paths: list[str]) -> str:
@@ -79,14 +70,14 @@ def report(maps: torch.Tensor, masks: torch.Tensor, paths: list[str]) -> str:
         lines.append(f"| {band} | {100 * edge.float().mean():.1f}% | {100 * in_band:.1f}% |")
     mean = maps[reference].mean(dim=0)
     std = maps[reference].std(dim=0).clamp_min(1e-6)
-    own = scores(maps_held, masks_held, labels)
+    own = auroc_cell(maps_held, labels, masks_held)
     lines += ["", "| map | image / pixel AUROC |", "|---|---|", f"| the model's map | {own} |"]
     for band in BANDS:
         cut = torch.where(border_mask(maps.shape, band), torch.zeros_like(maps_held), maps_held)
-        lines.append(f"| border band of {band} px set to 0 | {scores(cut, masks_held, labels)} |")
-    lines.append(f"| minus the per-position normal mean | {scores(maps_held - mean, masks_held, labels)} |")
+        lines.append(f"| border band of {band} px set to 0 | {auroc_cell(cut, labels, masks_held)} |")
+    lines.append(f"| minus the per-position normal mean | {auroc_cell(maps_held - mean, labels, masks_held)} |")
     standardised = (maps_held - mean) / std
-    lines.append(f"| standardised per position (normal mean, std) | {scores(standardised, masks_held, labels)} |")
+    lines.append(f"| standardised per position (normal mean, std) | {auroc_cell(standardised, labels, masks_held)} |")
     normal, defective, statistics = int((labels == 0).sum()), int(labels.sum()), int(reference.sum())
     lines.append(f"\n{normal} normal and {defective} defective images scored; {statistics} normal made the statistics.")
     return "\n".join(lines)

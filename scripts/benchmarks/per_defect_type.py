@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained
+from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained, model_input
 from anomalib_ext.callbacks.progress import auroc_any_scale
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def score_test_split(model: torch.nn.Module, datamodule: LightningDataModule) ->
     results: Scores = defaultdict(lambda: defaultdict(list))
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            images = model.pre_processor.transform(batch.image) if model.pre_processor else batch.image
+            images = model_input(model, batch)
             size = (images.shape[-2], images.shape[-1])
             maps = {"fused (max)": torch_model(images).anomaly_map}
             if hasattr(torch_model, "decoder"):  # RD4AD: each teacher layer's map alone, smoothed as the fused one
