@@ -9,6 +9,8 @@
 # (scripts/benchmarks/map_position_bias.py). The tables are printed; docs/benchmarks.md quotes them.
 # Usage: bash scripts/benchmarks/distillation_distance.sh [rd4ad:mtd rd4ad:tire rd4ad:kolektor rstpm:mtd uniad:mtd]
 #        (default: all five)
+#        UNIAD_EPOCHS=63 UNIAD_CURVE_EVERY=9 bash scripts/benchmarks/distillation_distance.sh uniad:mtd
+#        (UniAD longer: the MTD row of configs/benchmarks/uniad_unified_3000.yaml, about 3,000 updates, in float32)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${ANOMALIB_EXT_VENV:-$HOME/.venvs/anomalib-ext}"
@@ -43,8 +45,11 @@ for run in "${runs[@]}"; do
         --label "RSTPM (S-T map, attention *+), stage 1 only, 12 epochs" "${common[@]}" ;;
     uniad)
       class=UniAD
-      "$VENV/bin/anomalib-ext" benchmark --model UniAD --epochs 21 --curve-every 4 --model-args "$UNIAD_ARGS" \
-        --label "UniAD separate, about 1,000 updates" "${common[@]}" ;;
+      epochs="${UNIAD_EPOCHS:-21}"
+      label="UniAD separate, about 1,000 updates"
+      [ "$epochs" = 21 ] || label="UniAD separate, $epochs epochs"
+      "$VENV/bin/anomalib-ext" benchmark --model UniAD --epochs "$epochs" --curve-every "${UNIAD_CURVE_EVERY:-4}" \
+        --model-args "$UNIAD_ARGS" --label "$label" "${common[@]}" ;;
     *) echo "unknown model $model: use rd4ad, rstpm or uniad" >&2; exit 1 ;;
   esac
   checkpoint="$(find "$WORK/$model/$name" -name model.ckpt | sort | tail -1)"
