@@ -112,6 +112,23 @@ def test_a_row_without_pixel_metrics_says_n_a(tmp_path: Path) -> None:
     assert "None" not in table.read_text(encoding="utf-8")
 
 
+def test_a_row_joins_its_own_table_not_a_later_one(tmp_path: Path) -> None:
+    """A section can quote a table of other columns below its rows: a new row goes under its own header."""
+    from anomalib_ext.benchmark.report import append_row
+
+    table = tmp_path / "table.md"
+    columns = ("model", "image AUROC")
+    append_row(table, "distance", {"model": "RD4AD", "image AUROC": 0.881}, columns)
+    with table.open("a", encoding="utf-8") as handle:
+        handle.write("\nWhat the diagnosis printed:\n\n| distance | map 1 |\n|---|---|\n| cosine | 88.1 |\n")
+    append_row(table, "distance", {"model": "UniAD", "image AUROC": 0.762}, columns)
+    append_row(table, "later", {"model": "PaDiM", "image AUROC": 0.962}, columns)
+    lines = table.read_text(encoding="utf-8").splitlines()
+    assert lines.index("| UniAD | 76.2 |") == lines.index("| RD4AD | 88.1 |") + 1
+    assert lines.index("| cosine | 88.1 |") > lines.index("| UniAD | 76.2 |")
+    assert lines[-1] == "| PaDiM | 96.2 |"
+
+
 def test_unknown_model_name_is_reported() -> None:
     """A name found neither in anomalib_ext nor in anomalib.models fails with that name."""
     with pytest.raises(ValueError, match="Unknown model 'Nope'"):

@@ -69,7 +69,11 @@ def format_cell(value: object) -> str:
 
 
 def append_row(path: Path, section: str, row: dict[str, Any], columns: Sequence[str] = COLUMNS) -> None:
-    """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing."""
+    """Append ``row`` to the table under ``## section`` in ``path``, creating either if missing.
+
+    The row goes to the end of the section's last table with these columns, so tables of other columns written
+    below it (a diagnosis's output quoted in the section) keep their own rows.
+    """
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     line = "| " + " | ".join(format_cell(row.get(column, "")) for column in columns) + " |\n"
@@ -83,7 +87,13 @@ def append_row(path: Path, section: str, row: dict[str, Any], columns: Sequence[
         body = text[start:end]
         if header not in body:
             body = body.rstrip("\n") + f"\n\n{header}"
-        table_end = body.rfind("|\n") + 2
+        table_end = body.rfind(header) + len(header)
+        while body.startswith("|", table_end):
+            next_line = body.find("\n", table_end)
+            if next_line == -1:  # a last row without its newline
+                body += "\n"
+                next_line = len(body) - 1
+            table_end = next_line + 1
         body = body[:table_end] + line + body[table_end:]
         text = text[:start] + body + text[end:]
     path.write_text(text, encoding="utf-8")
