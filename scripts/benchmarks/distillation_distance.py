@@ -72,8 +72,8 @@ def pyramids(model: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.T
         features = torch_model.extract_features(images)
         return [features], [torch_model.reconstruct(features)]
     if isinstance(torch_model, RD4ADModel):  # teacher layers, and the student decoded from their bottleneck
-        teacher = list(torch_model.encoder(images).values())
-        return teacher, list(torch_model.decoder(torch_model.bottleneck(teacher)))
+        teacher, student = torch_model.features(images)
+        return teacher, list(student)
     features = torch_model.features(images)  # RSTPM: pair 1's maps, then pair 2's
     return [*features.teacher1, *features.teacher2], [*features.student1, *features.student2]
 

@@ -20,6 +20,7 @@ import torch
 
 from anomalib_ext.benchmark.diagnosis import checkpoint_parser, load_trained, model_input
 from anomalib_ext.callbacks.progress import auroc_any_scale
+from anomalib_ext.models.rd4ad import RD4ADModel
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule
@@ -38,9 +39,8 @@ def score_test_split(model: torch.nn.Module, datamodule: LightningDataModule) ->
             images = model_input(model, batch)
             size = (images.shape[-2], images.shape[-1])
             maps = {"fused (max)": torch_model(images).anomaly_map}
-            if hasattr(torch_model, "decoder"):  # RD4AD: each teacher layer's map alone, smoothed as the fused one
-                teacher = list(torch_model.encoder(images).values())
-                student = torch_model.decoder(torch_model.bottleneck(teacher))
+            if isinstance(torch_model, RD4ADModel):  # each teacher layer's map alone, smoothed as the fused one
+                teacher, student = torch_model.features(images)
                 for index, distance in enumerate(layer_distance_maps(teacher, student, size)):
                     maps[f"layer {index + 1} (max)"] = torch_model.anomaly_map_generator.blur(distance)
             masks = torch.nn.functional.interpolate(batch.gt_mask.float().unsqueeze(1), size=size, mode="nearest")

@@ -87,13 +87,11 @@ def append_row(path: Path, section: str, row: dict[str, Any], columns: Sequence[
         body = text[start:end]
         if header not in body:
             body = body.rstrip("\n") + f"\n\n{header}"
+        if not body.endswith("\n"):  # a file whose last row lacks its newline
+            body += "\n"
         table_end = body.rfind(header) + len(header)
         while body.startswith("|", table_end):
-            next_line = body.find("\n", table_end)
-            if next_line == -1:  # a last row without its newline
-                body += "\n"
-                next_line = len(body) - 1
-            table_end = next_line + 1
+            table_end = body.index("\n", table_end) + 1
         body = body[:table_end] + line + body[table_end:]
         text = text[:start] + body + text[end:]
     path.write_text(text, encoding="utf-8")

@@ -302,6 +302,18 @@ class RD4ADModel(nn.Module):
         self.encoder.eval()
         return self
 
+    def features(
+        self,
+        images: torch.Tensor,
+        teacher_features: list[torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The teacher's features at the distilled layers and the student's, decoded from their bottleneck.
+
+        ``teacher_features``: the teacher's outputs for ``images`` when already known; ``None`` runs the teacher.
+        """
+        teacher = list(self.encoder(images).values()) if teacher_features is None else teacher_features
+        return teacher, self.decoder(self.bottleneck(teacher))
+
     def forward(
         self,
         images: torch.Tensor,
@@ -312,8 +324,7 @@ class RD4ADModel(nn.Module):
         ``teacher_features``: the teacher's outputs for ``images`` when already known (a feature
         cache during training); ``None`` runs the teacher.
         """
-        teacher = list(self.encoder(images).values()) if teacher_features is None else teacher_features
-        student = self.decoder(self.bottleneck(teacher))
+        teacher, student = self.features(images, teacher_features)
         if self.training:
             return teacher, student
         if self.map_layers is not None:  # a fixed Python list: the exported graph keeps only these layers
