@@ -19,7 +19,12 @@ from lightning.pytorch import seed_everything
 from anomalib_ext.components.quantile import quantile
 from anomalib_ext.models.efficientad import EfficientADModel, EfficientADOffline, TeacherWeightsError
 from anomalib_ext.models.efficientad.loss import hard_feature_loss, penalty_loss
-from anomalib_ext.models.efficientad.teacher import distill_teacher, load_teacher_file
+from anomalib_ext.models.efficientad.teacher import (
+    BackboneTeacher,
+    DistillationTarget,
+    distill_teacher,
+    load_teacher_file,
+)
 from tests.helpers import assert_openvino_parity, fit_and_test
 
 if TYPE_CHECKING:
@@ -178,6 +183,35 @@ def test_missing_teacher_fails_with_instructions(tmp_path: Path, monkeypatch: py
         EfficientADOffline().load_teacher()
     with pytest.raises(TeacherWeightsError, match="does not exist"):
         EfficientADOffline(teacher_weights=str(tmp_path / "nope.pth")).load_teacher()
+
+
+def test_backbone_teacher_is_the_distillation_target_at_the_pdn_grid() -> None:
+    """``teacher_backbone`` puts the target of distillation in the teacher's place, on the unpadded PDN's grid.
+
+    The target sees the image at twice the size and loses 4 feature pixels a side (the PDN is distilled
+    padded and used unpadded). float32 on the CPU; the model normalises its input and the teacher undoes it,
+    hence a tolerance of float rounding, not bit equality.
+    """
+    torch.manual_seed(0)
+    model = EfficientADOffline(teacher_backbone="efficientnet_lite0", image_size=SIZE)
+    assert isinstance(model.model.teacher, BackboneTeacher)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    net = model.model
+    with torch.no_grad():
+        teacher = net.teacher(net.normalize_input(images))
+        student = net.student(net.normalize_input(images))
+        big = torch.nn.functional.interpolate(images, size=(2 * SIZE, 2 * SIZE), mode="bilinear", antialias=True)
+        expected = DistillationTarget("efficientnet_lite0")(big)[..., 4:-4, 4:-4]
+    assert teacher.shape == (2, 384, *student.shape[-2:])
+    torch.testing.assert_close(teacher, expected, rtol=1e-4, atol=1e-4)
+    model.load_teacher()  # no teacher file needed: nothing to load, nothing looked for
+    assert model._teacher_ready  # noqa: SLF001
+
+
+def test_teacher_file_and_backbone_teacher_exclude_each_other(tmp_path: Path) -> None:
+    """Both a file and the diagnosis would leave it unclear which teacher ran: refused, naming both."""
+    with pytest.raises(ValueError, match=r"teacher_weights .* or teacher_backbone"):
+        EfficientADOffline(teacher_weights=str(tmp_path / "t.pth"), teacher_backbone="efficientnet_lite0")
 
 
 @pytest.mark.slow

@@ -40,7 +40,15 @@ from anomalib_ext.components.natural_images import NaturalImages, endless
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.quantile import quantiles
 
-from .teacher import HOW_TO_MAKE, TeacherWeightsError, channel_statistics, distill_teacher, load_teacher_file
+from .teacher import (
+    HOW_TO_MAKE,
+    BackboneTeacher,
+    DistillationTarget,
+    TeacherWeightsError,
+    channel_statistics,
+    distill_teacher,
+    load_teacher_file,
+)
 from .torch_model import EfficientADModel, ModelSize
 
 if TYPE_CHECKING:
@@ -80,6 +88,10 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         penalty_images: natural-image folder for the penalty term; ``None``: scikit-image photos.
         use_penalty: ``False`` drops the penalty term (reproduction's ``--imagenet_train_path none``).
         random_teacher: explicit opt-in to train with an untrained teacher (tests, smoke runs only).
+        teacher_backbone: a diagnosis instead of a teacher file: the frozen backbone the teacher
+            would be distilled from (``efficientnet_lite0``, local weights), with the distillation's
+            target in the teacher's place (:class:`~.teacher.BackboneTeacher`): the accuracy a
+            perfect distillation would give, at the backbone's cost instead of the PDN's.
         teacher_stats: ``train`` (reproduction: teacher channel mean/std over the training images)
             or ``file`` (the ``mean``/``std`` stored in the teacher file).
         max_stat_images: cap on the training images used for the teacher channel statistics
@@ -98,6 +110,7 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         penalty_images: str | None = None,  # noqa: ARG002
         use_penalty: bool = True,  # noqa: ARG002
         random_teacher: bool = False,  # noqa: ARG002
+        teacher_backbone: str | None = None,
         teacher_stats: TeacherStatistics | str = TeacherStatistics.TRAIN,
         max_stat_images: int | None = None,  # noqa: ARG002
         lr: float = 1e-4,  # noqa: ARG002
@@ -126,6 +139,12 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             visualizer=visualizer,
         )
         self.model = EfficientADModel(model_size, out_channels, padding, pad_maps, image_size)
+        if teacher_backbone is not None:
+            if teacher_weights is not None:
+                msg = "Pass teacher_weights (a teacher file) or teacher_backbone (the diagnosis), not both."
+                raise ValueError(msg)
+            target = DistillationTarget(teacher_backbone, out_channels=out_channels)
+            self.model.teacher = BackboneTeacher(target, padding).eval()
         self._teacher_ready = False
         self._file_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self._penalty: Any = None
@@ -133,6 +152,9 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     # ---------------------------------------------------------------- teacher and data
     def load_teacher(self) -> None:
         """Load the teacher from ``teacher_weights`` (or the default location); never downloads."""
+        if self.hparams.teacher_backbone is not None:  # built in __init__, statistics from the training images
+            self._teacher_ready = True
+            return
         path = self.hparams.teacher_weights or find_teacher(self.hparams.model_size)
         if path is None:
             if self.hparams.random_teacher:

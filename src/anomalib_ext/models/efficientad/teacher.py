@@ -110,6 +110,34 @@ class DistillationTarget(nn.Module):
         return target.view(images.shape[0], *grid, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
 
+class BackboneTeacher(nn.Module):
+    """The distillation target itself in the teacher's place: what a perfect distillation would give.
+
+    A diagnosis, not the paper's model: EfficientAD's teacher is a PDN that *learns* this target
+    (:class:`DistillationTarget`) so that inference is fast. Put in the PDN's place, the target tells
+    how much of EfficientAD's accuracy a teacher file costs: the backbone sees the image at twice the
+    PDN's input size, as in distillation, and its ``H/4`` grid is cropped by 4 feature pixels a side to
+    the unpadded PDN's ``H/4 - 8`` (padded distillation, unpadded use, as the paper). Costs the
+    backbone's inference at twice the size instead of the PDN's.
+    """
+
+    def __init__(self, target: DistillationTarget, padding: bool = False) -> None:
+        super().__init__()
+        self.target = target
+        self.crop = 0 if padding else 4
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H/4 - 8, W/4 - 8)`` target features for ImageNet-normalised ``x`` (``H/4`` if padded)."""
+        images = x * self.target.pixel_std + self.target.pixel_mean
+        height, width = x.shape[-2:]
+        big = F.interpolate(images, size=(2 * height, 2 * width), mode="bilinear", antialias=True)
+        features = self.target(big)
+        if self.crop:
+            features = features[..., self.crop : -self.crop, self.crop : -self.crop]
+        return features
+
+
 DISTILL_PRECISIONS = ("32", "bf16")
 
 
