@@ -172,6 +172,35 @@ def test_map_layers_selects_the_fused_layers_after_training() -> None:
         RD4AD(**LITE0, pre_trained=False, map_layers=[])
 
 
+def test_residual_gaussian_scores_the_unit_residual_after_a_fit() -> None:
+    """``distance="residual_gaussian"`` maps each layer's unit residual through its fitted Gaussian.
+
+    Before a fit the eval forward refuses; after it the map is the smoothed sum of the per-layer
+    Mahalanobis maps, ``map_layers`` still selects layers, and switching back to ``cosine`` gives
+    the official map of the same weights. Float32 on the CPU.
+    """
+    from anomalib_ext.models.rd4ad.anomaly_map import unit_residual, upsampled
+
+    torch.manual_seed(0)
+    model = _tiny_model(pre_trained=False, distance="residual_gaussian").model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="no statistics"):
+        model(images)
+    model.fit_residual_gaussians([(torch.rand(4, 3, 64, 64), None), (torch.rand(4, 3, 64, 64), None)])
+    assert not model.training
+    teacher, student = model.features(images)
+    distances = [g(unit_residual(t, s)) for g, t, s in zip(model.residual_gaussians, teacher, student, strict=True)]
+    maps = upsampled(distances, (64, 64))
+    blur = model.anomaly_map_generator.blur
+    assert torch.allclose(model(images).anomaly_map, blur(sum(maps)), atol=1e-4)
+    model.map_layers = [2]
+    assert torch.allclose(model(images).anomaly_map, blur(maps[2]), atol=1e-4)
+    model.map_layers, model.distance = None, "cosine"
+    assert torch.allclose(model(images).anomaly_map, model.anomaly_map_generator(teacher, student, (64, 64)))
+    with pytest.raises(ValueError, match="distance"):
+        RD4AD(**LITE0, pre_trained=False, distance="euclidean")
+
+
 def test_teacher_stays_frozen_and_optimiser_follows_the_official_recipe() -> None:
     """The teacher stays in eval mode without gradients, and Adam (lr 0.005, betas 0.5/0.999) skips it."""
     model = _tiny_model()
@@ -207,5 +236,31 @@ def test_train_test_export_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path:
     image = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=1e-5)
+
+    assert_openvino_parity(model, tmp_path / "export", (64, 64))
+
+
+@pytest.mark.slow
+def test_residual_gaussian_is_fitted_in_training_and_travels(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
+    """One epoch with ``distance="residual_gaussian"``: fitted in training, restored, exported.
+
+    Validation fits the Gaussians on the training images, a checkpoint restores them, and the
+    export matches torch (float32 on both, 1e-4 of the map's scale).
+    """
+    seed_everything(0, workers=True)
+    model = _tiny_model(distance="residual_gaussian", cache_teacher_features=True)
+    metrics = fit_and_test(model, tiny_datamodule, tmp_path / "run", max_epochs=1)
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0
+    gaussians = model.model.residual_gaussians
+    assert all(gaussian.fitted for gaussian in gaussians)
+    assert gaussians[0].mean.shape == (24, 16 * 16)  # blocks.1 of a 64 px image: stride 4, 24 channels
+
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    restored = RD4AD.load_from_checkpoint(checkpoint, weights_only=True)
+    restored.eval()
+    model.eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=1e-4)
 
     assert_openvino_parity(model, tmp_path / "export", (64, 64))

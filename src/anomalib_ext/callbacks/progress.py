@@ -56,7 +56,9 @@ class TestCurve(Callback):
 
     Memory-bank models (anomalib's ``MemoryBankMixin``: PaDiM, PatchCore) have no curve: they
     collect features in one pass and only fit their model when validation starts, after the
-    epoch's end, so there is nothing to score here; they are skipped.
+    epoch's end, so there is nothing to score here; they are skipped. A model that fits scoring
+    statistics on the training images after training (RD4AD's ``distance="residual_gaussian"``) does
+    so through its ``prepare_scoring()``, which is called before each point.
     """
 
     def __init__(
@@ -84,6 +86,9 @@ class TestCurve(Callback):
         loss = epoch_train_loss(trainer)
         if loss is not None:
             self.losses[epoch] = loss
+        prepare_scoring = getattr(pl_module, "prepare_scoring", None)
+        if callable(prepare_scoring):
+            prepare_scoring()
         image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader, image_categories=self.image_categories)
         self.points.append((epoch, image_auroc, pixel_auroc))
         pixel_text = f", pixel AUROC {100 * pixel_auroc:.1f}" if pixel_auroc is not None else ""

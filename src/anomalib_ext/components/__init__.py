@@ -4,6 +4,7 @@ from .attention_gate import AttentionGate
 from .backbone import BackboneWeightsError, create_backbone, feature_shapes, pretrained_state_dict
 from .feature_jitter import FeatureJitter
 from .neighbor_attention import MaskedEncoderLayer, MaskedMultiheadAttention, QueryDecoderLayer, neighbor_mask
+from .position_gaussian import PositionGaussian
 from .pseudo_anomaly import make_pseudo_anomaly_generator, paper_augmenters
 from .reconstruction_student import ReconstructionStudent, UpResidualBlock
 from .thresholding import MidpointF1AdaptiveThreshold, MidpointPostProcessor
@@ -16,6 +17,7 @@ __all__ = [
     "MaskedMultiheadAttention",
     "MidpointF1AdaptiveThreshold",
     "MidpointPostProcessor",
+    "PositionGaussian",
     "QueryDecoderLayer",
     "ReconstructionStudent",
     "UpResidualBlock",

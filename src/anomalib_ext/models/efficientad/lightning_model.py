@@ -39,6 +39,7 @@ from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.natural_images import NaturalImages, endless
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.quantile import quantiles
+from anomalib_ext.components.training_data import ordered_loader
 
 from .teacher import (
     HOW_TO_MAKE,
@@ -188,13 +189,8 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
             yield self.pre_processor.transform(images) if self.pre_processor else images
 
     def _full_loader(self, dataset: AnomalibDataset) -> DataLoader:
-        """All of ``dataset`` in order, on every rank (not the trainer's sharded, shuffled loader).
-
-        The statistics taken from it are then the same on every DDP rank and equal to a single
-        process's, instead of each rank's shard (and DDP broadcasting rank 0's).
-        """
-        batch_size = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", 8)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
+        """All of ``dataset`` in order, on every rank (see :func:`ordered_loader`)."""
+        return ordered_loader(dataset, self.trainer)
 
     def quantile_images(self) -> AnomalibDataset:
         """The data module's held-out training images (``holdout_data``), else the training images.

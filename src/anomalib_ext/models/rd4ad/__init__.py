@@ -1,8 +1,8 @@
 """RD4AD: anomaly detection via reverse distillation from one-class embedding (Deng & Li, CVPR 2022)."""
 
-from .anomaly_map import MapFusion
+from .anomaly_map import LayerDistance, MapFusion
 from .lightning_model import RD4AD
 from .loss import LossForm
 from .torch_model import RD4ADModel, StudentActivation
 
-__all__ = ["RD4AD", "LossForm", "MapFusion", "RD4ADModel", "StudentActivation"]
+__all__ = ["RD4AD", "LayerDistance", "LossForm", "MapFusion", "RD4ADModel", "StudentActivation"]

@@ -4,6 +4,12 @@ Official ``cal_anomaly_map``: bilinear upsampling with ``align_corners=True``, t
 (``amap_mode='a'``; the product is an option) and ``scipy.ndimage.gaussian_filter(sigma=4)``,
 whose default ``truncate=4`` gives a 33-pixel kernel: reproduced here with kornia's blur through
 anomalib's ``GaussianBlur2d`` so the whole map stays on-device and exportable.
+
+Not in the paper: ``LayerDistance.RESIDUAL_GAUSSIAN`` replaces each layer's cosine by the Mahalanobis
+distance of the unit residual ``t/|t| - s/|s|`` (whose squared length is ``2 (1 - cos)``) to a Gaussian
+per position fitted on the training images after training, PaDiM's distance. Measured on MTD, the
+cosine's isotropic, position-blind yardstick is what keeps RD4AD's image ranking below PaDiM's on the
+same teacher (docs/benchmarks.md, "Distillation models' distance against PaDiM's").
 """
 
 from __future__ import annotations
@@ -20,11 +26,37 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+class LayerDistance(StrEnum):
+    """How each layer's teacher-student difference becomes a distance map.
+
+    ``cosine``: ``1 - cos(t, s)`` (official); ``residual_gaussian``: the unit residual's Mahalanobis
+    distance to a Gaussian per position fitted on the training images (an option, see the module doc).
+    """
+
+    COSINE = "cosine"
+    RESIDUAL_GAUSSIAN = "residual_gaussian"
+
+
+def unit_residual(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """``t/|t| - s/|s|`` per position: the vector whose squared length is ``2 (1 - cos(t, s))``."""
+    return F.normalize(teacher, dim=1) - F.normalize(student, dim=1)
+
+
 class MapFusion(StrEnum):
     """How the per-layer maps are combined."""
 
     ADD = "add"
     MULTIPLY = "multiply"
+
+
+def cosine_distances(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``1 - cos(t, s)`` over channels for each layer, at the layer's resolution (B x 1 x h x w)."""
+    return [1 - F.cosine_similarity(t, s, dim=1).unsqueeze(1) for t, s in zip(teacher, student, strict=True)]
+
+
+def upsampled(distances: Sequence[torch.Tensor], image_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Each layer's distance map brought to ``image_size`` as the official code does (bilinear, corners aligned)."""
+    return [F.interpolate(distance, size=image_size, mode="bilinear", align_corners=True) for distance in distances]
 
 
 def layer_distance_maps(
@@ -33,11 +65,7 @@ def layer_distance_maps(
     image_size: tuple[int, int],
 ) -> list[torch.Tensor]:
     """``1 - cos(t, s)`` over channels for each layer, upsampled to ``image_size`` (B x 1 x H x W)."""
-    maps = []
-    for t, s in zip(teacher, student, strict=True):
-        distance = 1 - F.cosine_similarity(t, s, dim=1).unsqueeze(1)
-        maps.append(F.interpolate(distance, size=image_size, mode="bilinear", align_corners=True))
-    return maps
+    return upsampled(cosine_distances(teacher, student), image_size)
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -55,8 +83,12 @@ class AnomalyMapGenerator(nn.Module):
         student: Sequence[torch.Tensor],
         image_size: tuple[int, int],
     ) -> torch.Tensor:
-        """The fused, smoothed map at ``image_size`` (the input's size, as the official code does)."""
-        maps = layer_distance_maps(teacher, student, image_size)
+        """The fused, smoothed cosine map at ``image_size`` (the input's size, as the official code does)."""
+        return self.fuse(cosine_distances(teacher, student), image_size)
+
+    def fuse(self, distances: Sequence[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Upsample per-layer distance maps (B x 1 x h x w) to ``image_size``, fuse them and smooth the result."""
+        maps = upsampled(distances, image_size)
         fused = maps[0]
         for distance in maps[1:]:
             fused = fused * distance if self.mode is MapFusion.MULTIPLY else fused + distance

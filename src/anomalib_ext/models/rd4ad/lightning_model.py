@@ -5,7 +5,8 @@ betas ``(0.5, 0.999)`` as official (anomalib: 0.99); the one-class embedding at 
 width (``width_per_group=128``; anomalib's is half); torchvision ImageNet weights loaded from a
 local file or the Lite0 package instead of a hub download; other timm CNNs as teacher, with the
 student's output ReLU kept only where the teacher's output is non-negative (``student_activation``);
-the paper's per-pixel loss as an option (``loss_form``); AUPRO in the default metrics.
+the paper's per-pixel loss as an option (``loss_form``); PaDiM's per-position Gaussian on the
+teacher-student residual as an option (``distance``); AUPRO in the default metrics.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -27,13 +28,14 @@ from torch import optim
 from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
+from anomalib_ext.components.training_data import ordered_loader
 
-from .anomaly_map import MapFusion
+from .anomaly_map import LayerDistance, MapFusion
 from .loss import LossForm, RD4ADLoss
 from .torch_model import RD4ADModel, StudentActivation
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
     from anomalib.data import Batch
@@ -72,6 +74,12 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         map_layers: indices (shallow to deep) of the layers whose maps are fused into the anomaly
             map; ``None`` (official): all of them. Training is unchanged (the loss always uses
             every layer), so it can also be set after training (``model.model.map_layers``).
+        distance: ``"cosine"`` (official: ``1 - cos(t, s)`` per layer) or ``"residual_gaussian"`` (not
+            in the paper: the Mahalanobis distance of the unit residual ``t/|t| - s/|s|`` to a Gaussian
+            per position, fitted on the training images before each validation, as PaDiM fits its
+            features). Training is unchanged. The statistics are buffers, saved in checkpoints and
+            exports; a model trained with it can be scored with ``"cosine"`` too
+            (``model.model.distance``).
         lr, betas: Adam settings (official 0.005, ``(0.5, 0.999)``).
 
     The options are stored in ``hparams`` as plain strings, so checkpoints and config dumps hold
@@ -81,7 +89,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Allow the option enums in ``weights_only=True`` loads of checkpoints that stored them."""
-        return (MapFusion, StudentActivation, LossForm)
+        return (MapFusion, StudentActivation, LossForm, LayerDistance)
 
     def __init__(
         self,
@@ -100,6 +108,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         loss_form: LossForm | str = LossForm.FLATTENED,
         cache_teacher_features: bool = False,
         map_layers: Sequence[int] | None = None,
+        distance: LayerDistance | str = LayerDistance.COSINE,
         # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
         lr: float = 0.005,  # noqa: ARG002
         betas: Sequence[float] = (0.5, 0.999),  # noqa: ARG002
@@ -112,6 +121,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         anomaly_map_mode = parse_option(MapFusion, anomaly_map_mode, "anomaly_map_mode").value
         student_activation = parse_option(StudentActivation, student_activation, "student_activation").value
         loss_form = parse_option(LossForm, loss_form, "loss_form").value
+        distance = parse_option(LayerDistance, distance, "distance").value
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -132,9 +142,11 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             sigma=sigma,
             student_activation=student_activation,
             map_layers=map_layers,
+            distance=distance,
         )
         self.loss = RD4ADLoss(form=loss_form)
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
+        self._gaussians_fitted_at: int | None = None  # the training step the residual Gaussians were fitted at
 
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the OCBE and the student (the teacher is frozen), official lr and betas."""
@@ -145,9 +157,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Distil the teacher's multi-scale features into the student through the bottleneck."""
         del args, kwargs
-        teacher = None
-        if self.feature_cache is not None:
-            teacher = self.feature_cache.features(batch.image_path, batch.image, self.teacher_features)
+        teacher = self.cached_teacher_features(batch.image_path, batch.image)
         loss = self.loss(*self.model(batch.image, teacher_features=teacher))
         self.log("train_loss", loss, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
@@ -155,6 +165,46 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen teacher's outputs at the distilled layers."""
         return list(self.model.encoder(images).values())
+
+    def cached_teacher_features(self, paths: Sequence[str], images: torch.Tensor) -> list[torch.Tensor] | None:
+        """The teacher's features of training images, from the cache; ``None`` without a cache (the model runs it)."""
+        if self.feature_cache is None:
+            return None
+        return self.feature_cache.features(paths, images, self.teacher_features)
+
+    def prepare_scoring(self) -> None:
+        """Fit the residual Gaussians on the training images when ``distance`` needs them and the weights moved.
+
+        Called before each validation and by the benchmark's training curve before each point;
+        refits only when a training step ran since the last fit. Outside ``fit`` (test or predict
+        from a checkpoint) the statistics come from the checkpoint.
+        """
+        if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
+            return
+        training = self.trainer.train_dataloader
+        step = self.trainer.global_step
+        if training is None or (self._gaussians_fitted_at == step and self.model.residual_gaussians[0].fitted):
+            return
+        loader = ordered_loader(training.dataset, self.trainer)  # every image on every rank, as one process
+        self.model.fit_residual_gaussians(self._images_and_teacher_features(loader))
+        self._gaussians_fitted_at = step
+
+    def _images_and_teacher_features(
+        self,
+        loader: Iterable[Batch],
+    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+        """Each training batch as the training step sees it (the pre-processor's training transform applied)."""
+        transform = getattr(self.pre_processor, "transform", None)
+        for batch in loader:
+            images = batch.image.to(self.device)
+            if transform is not None:
+                images = transform(images)
+            yield images, self.cached_teacher_features(batch.image_path, images)
+
+    def on_validation_start(self) -> None:
+        """Fit what the anomaly map needs from the training images (see :meth:`prepare_scoring`)."""
+        super().on_validation_start()
+        self.prepare_scoring()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for the validation batch."""

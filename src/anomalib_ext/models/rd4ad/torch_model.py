@@ -37,11 +37,12 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
+from anomalib_ext.components.position_gaussian import PositionGaussian
 
-from .anomaly_map import AnomalyMapGenerator, MapFusion
+from .anomaly_map import AnomalyMapGenerator, LayerDistance, MapFusion, cosine_distances, unit_residual
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
     from anomalib.models.components import TimmFeatureExtractor
@@ -242,6 +243,8 @@ class RD4ADModel(nn.Module):
 
     ``student_relu`` records, shallow to deep, whether each student level ends in ReLU
     (resolved from ``student_activation`` against the teacher, see :class:`StudentActivation`).
+    ``distance`` and ``map_layers`` only change how the eval map is made, so both can be set after
+    training; ``residual_gaussian`` needs :meth:`fit_residual_gaussians` on normal images first.
     """
 
     def __init__(
@@ -259,6 +262,7 @@ class RD4ADModel(nn.Module):
         sigma: float = 4.0,
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         map_layers: Sequence[int] | None = None,
+        distance: LayerDistance | str = LayerDistance.COSINE,
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
@@ -282,6 +286,8 @@ class RD4ADModel(nn.Module):
         )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
         self.map_layers = map_layers  # validated by the setter
+        self.distance = LayerDistance(distance)
+        self.residual_gaussians = nn.ModuleList(PositionGaussian() for _ in shapes)
 
     @property
     def map_layers(self) -> list[int] | None:
@@ -295,6 +301,15 @@ class RD4ADModel(nn.Module):
             msg = f"map_layers must be None or a non-empty list of layer indices in [0, {count}); got {value!r}."
             raise ValueError(msg)
         self._map_layers = None if value is None else [int(index) for index in value]
+
+    @property
+    def distance(self) -> LayerDistance:
+        """How each layer's map is made from the teacher's and the student's features (:class:`LayerDistance`)."""
+        return self._distance
+
+    @distance.setter
+    def distance(self, value: LayerDistance | str) -> None:
+        self._distance = LayerDistance(value)
 
     def train(self, mode: bool = True) -> RD4ADModel:
         """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""
@@ -327,7 +342,31 @@ class RD4ADModel(nn.Module):
         teacher, student = self.features(images, teacher_features)
         if self.training:
             return teacher, student
-        if self.map_layers is not None:  # a fixed Python list: the exported graph keeps only these layers
-            teacher, student = [teacher[i] for i in self.map_layers], [student[i] for i in self.map_layers]
-        anomaly_map = self.anomaly_map_generator(teacher, student, (images.shape[-2], images.shape[-1]))
+        # a fixed Python list: the exported graph keeps only these layers
+        layers = range(len(teacher)) if self.map_layers is None else self.map_layers
+        if self.distance is LayerDistance.RESIDUAL_GAUSSIAN:
+            gaussians = self.residual_gaussians
+            distances = [gaussians[i](unit_residual(teacher[i], student[i])) for i in layers]
+        else:
+            distances = cosine_distances([teacher[i] for i in layers], [student[i] for i in layers])
+        anomaly_map = self.anomaly_map_generator.fuse(distances, (images.shape[-2], images.shape[-1]))
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+
+    @torch.no_grad()
+    def fit_residual_gaussians(self, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor] | None]]) -> None:
+        """Fit each layer's per-position Gaussian on the unit residuals of normal images.
+
+        ``batches`` yields ``(images, teacher_features or None)``. The student runs in eval mode, as
+        at test time; the mode it was in is restored.
+        """
+        was_training = self.training
+        self.eval()
+        for gaussian in self.residual_gaussians:
+            gaussian.reset()
+        for images, teacher_features in batches:
+            teacher, student = self.features(images, teacher_features)
+            for gaussian, t, s in zip(self.residual_gaussians, teacher, student, strict=True):
+                gaussian.update(unit_residual(t, s))
+        for gaussian in self.residual_gaussians:
+            gaussian.finish()
+        self.train(was_training)
