@@ -15,7 +15,7 @@ from anomalib_ext.models.rd4ad import LossForm, StudentActivation
 from anomalib_ext.models.rd4ad.anomaly_map import AnomalyMapGenerator
 from anomalib_ext.models.rd4ad.loss import RD4ADLoss
 from anomalib_ext.models.rd4ad.torch_model import DeResNetDecoder, OneClassBottleneck, RD4ADModel
-from tests.helpers import assert_openvino_parity, fit_and_test
+from tests.helpers import assert_openvino_parity, fit_and_test, make_engine
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -238,6 +238,27 @@ def test_train_test_export_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path:
         assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=1e-5)
 
     assert_openvino_parity(model, tmp_path / "export", (64, 64))
+
+
+@pytest.mark.slow
+def test_residual_gaussian_leaves_training_unchanged(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
+    """Two epochs with a validation (and so a fit) after each: the same weights as with the cosine, bit for bit.
+
+    The fit reads the training images through its own data loader, which draws a seed from the global
+    random state; without restoring it the next epoch's shuffle, and so the trained weights, would change.
+    Assumes one CPU process with deterministic float32 kernels (two runs of the same recipe agree exactly).
+    """
+    weights = {}
+    for distance in ("cosine", "residual_gaussian"):
+        seed_everything(0, workers=True)
+        model = _tiny_model(distance=distance, visualizer=False)
+        make_engine(tmp_path / distance, max_epochs=2, check_val_every_n_epoch=1).fit(model, datamodule=tiny_datamodule)
+        weights[distance] = {
+            key: value for key, value in model.model.state_dict().items() if not key.startswith("residual_gaussians")
+        }
+    assert model.model.residual_gaussians[0].fitted
+    for key, value in weights["cosine"].items():
+        assert torch.equal(value, weights["residual_gaussian"][key]), key
 
 
 @pytest.mark.slow

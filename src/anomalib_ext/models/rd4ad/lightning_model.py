@@ -176,8 +176,9 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         """Fit the residual Gaussians on the training images when ``distance`` needs them and the weights moved.
 
         Called before each validation and by the benchmark's training curve before each point;
-        refits only when a training step ran since the last fit. Outside ``fit`` (test or predict
-        from a checkpoint) the statistics come from the checkpoint.
+        refits only when a training step ran since the last fit. The fit leaves the global random
+        state as it found it, so training is the same random sequence with either distance. Outside
+        ``fit`` (test or predict from a checkpoint) the statistics come from the checkpoint.
         """
         if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
             return
@@ -186,7 +187,8 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         if training is None or (self._gaussians_fitted_at == step and self.model.residual_gaussians[0].fitted):
             return
         loader = ordered_loader(training.dataset, self.trainer)  # every image on every rank, as one process
-        self.model.fit_residual_gaussians(self._images_and_teacher_features(loader))
+        with torch.random.fork_rng(devices=[]):  # a data loader draws a seed: keep training's random stream untouched
+            self.model.fit_residual_gaussians(self._images_and_teacher_features(loader))
         self._gaussians_fitted_at = step
 
     def _images_and_teacher_features(
