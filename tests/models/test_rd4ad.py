@@ -35,6 +35,16 @@ def _tiny_model(**kwargs) -> RD4AD:
     return RD4AD(**LITE0, pre_processor=RD4AD.configure_pre_processor(image_size=(64, 64)), **kwargs)
 
 
+def _assert_checkpoint_restores(model: RD4AD, run: Path, atol: float) -> None:
+    """The checkpoint the run wrote gives the trained model's map on a 64 px image (float32, CPU)."""
+    restored = RD4AD.load_from_checkpoint(next(run.rglob("*.ckpt")), weights_only=True)
+    restored.eval()
+    model.eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=atol)
+
+
 def test_one_class_embedding_has_the_official_width() -> None:
     """OCE = three torchvision bottlenecks at width_per_group 128 (official), MFF = 3x3 stride-2 convs."""
     ocbe = OneClassBottleneck(WRN50_SHAPES)
@@ -229,13 +239,7 @@ def test_train_test_export_and_checkpoint(tiny_datamodule: MVTecStyle, tmp_path:
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(metrics)
     assert 0.0 <= metrics["image_AUROC"] <= 1.0
 
-    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
-    restored = RD4AD.load_from_checkpoint(checkpoint, weights_only=True)
-    restored.eval()
-    model.eval()
-    image = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=1e-5)
+    _assert_checkpoint_restores(model, tmp_path / "run", atol=1e-5)
 
     assert_openvino_parity(model, tmp_path / "export", (64, 64))
 
@@ -276,12 +280,6 @@ def test_residual_gaussian_is_fitted_in_training_and_travels(tiny_datamodule: MV
     assert all(gaussian.fitted for gaussian in gaussians)
     assert gaussians[0].mean.shape == (24, 16 * 16)  # blocks.1 of a 64 px image: stride 4, 24 channels
 
-    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
-    restored = RD4AD.load_from_checkpoint(checkpoint, weights_only=True)
-    restored.eval()
-    model.eval()
-    image = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(restored.model(image).anomaly_map, model.model(image).anomaly_map, atol=1e-4)
+    _assert_checkpoint_restores(model, tmp_path / "run", atol=1e-4)
 
     assert_openvino_parity(model, tmp_path / "export", (64, 64))
