@@ -194,7 +194,7 @@ def test_residual_gaussian_scores_the_unit_residual_after_a_fit() -> None:
     torch.manual_seed(0)
     model = _tiny_model(pre_trained=False, distance="residual_gaussian").model.eval()
     images = torch.rand(2, 3, 64, 64)
-    with pytest.raises(RuntimeError, match="no statistics"):
+    with pytest.raises(RuntimeError, match="fit_residual_gaussians"):
         model(images)
     model.fit_residual_gaussians([(torch.rand(4, 3, 64, 64), None), (torch.rand(4, 3, 64, 64), None)])
     assert not model.training

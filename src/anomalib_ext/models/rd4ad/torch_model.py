@@ -346,6 +346,12 @@ class RD4ADModel(nn.Module):
         layers = range(len(teacher)) if self.map_layers is None else self.map_layers
         if self.distance is LayerDistance.RESIDUAL_GAUSSIAN:
             gaussians = self.residual_gaussians
+            if not all(gaussians[i].fitted for i in layers):  # buffer sizes, static under tracing
+                msg = (
+                    "distance='residual_gaussian' has no statistics yet: train with it (they are fitted before each "
+                    "validation) or call RD4ADModel.fit_residual_gaussians on normal images first."
+                )
+                raise RuntimeError(msg)
             distances = [gaussians[i](unit_residual(teacher[i], student[i])) for i in layers]
         else:
             distances = cosine_distances([teacher[i] for i in layers], [student[i] for i in layers])
