@@ -39,7 +39,7 @@ from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.natural_images import NaturalImages, endless
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.quantile import quantiles
-from anomalib_ext.components.training_data import ordered_loader
+from anomalib_ext.components.training_data import ordered_loader, preprocessed_batches
 
 from .teacher import (
     HOW_TO_MAKE,
@@ -181,12 +181,11 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
     def _images(self, loader: DataLoader, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Batches of pre-processed images from an anomalib dataloader, on this module's device."""
         seen = 0
-        for batch in loader:
+        for _, images in preprocessed_batches(loader, self):
             if limit is not None and seen >= limit:
                 return
-            images = batch.image.to(self.device)
             seen += len(images)
-            yield self.pre_processor.transform(images) if self.pre_processor else images
+            yield images
 
     def _full_loader(self, dataset: AnomalibDataset) -> DataLoader:
         """All of ``dataset`` in order, on every rank (see :func:`ordered_loader`)."""

@@ -28,7 +28,7 @@ from torch import optim
 from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
-from anomalib_ext.components.training_data import ordered_loader
+from anomalib_ext.components.training_data import ordered_loader, preprocessed_batches
 
 from .anomaly_map import LayerDistance, MapFusion
 from .loss import LossForm, RD4ADLoss
@@ -195,12 +195,8 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         self,
         loader: Iterable[Batch],
     ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor] | None]]:
-        """Each training batch as the training step sees it (the pre-processor's training transform applied)."""
-        transform = getattr(self.pre_processor, "transform", None)
-        for batch in loader:
-            images = batch.image.to(self.device)
-            if transform is not None:
-                images = transform(images)
+        """Each training batch as the training step sees it, with its teacher features from the cache if any."""
+        for batch, images in preprocessed_batches(loader, self):
             yield images, self.cached_teacher_features(batch.image_path, images)
 
     def on_validation_start(self) -> None:

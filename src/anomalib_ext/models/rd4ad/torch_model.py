@@ -286,7 +286,7 @@ class RD4ADModel(nn.Module):
         )
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
         self.map_layers = map_layers  # validated by the setter
-        self.distance = LayerDistance(distance)
+        self.distance = distance  # parsed by the setter
         self.residual_gaussians = nn.ModuleList(PositionGaussian() for _ in shapes)
 
     @property
