@@ -63,3 +63,15 @@ def test_statistics_load_from_a_state_dict_of_another_size() -> None:
     features = torch.randn(2, 3, 2, 2)
     assert restored.fitted
     torch.testing.assert_close(restored(features), fitted(features))
+
+
+def test_a_checkpoint_without_statistics_loads_unfitted() -> None:
+    """A state dict saved before a model had these statistics loads strictly, leaving them unfitted."""
+    holder = torch.nn.Module()
+    holder.weight = torch.nn.Parameter(torch.ones(2))
+    holder.gaussian = PositionGaussian()
+    holder.gaussian.update(torch.randn(3, 4, 2, 2))
+    holder.gaussian.finish()
+    holder.load_state_dict({"weight": torch.zeros(2)}, strict=True)
+    assert not holder.gaussian.fitted
+    assert torch.equal(holder.weight, torch.zeros(2))

@@ -189,7 +189,8 @@ def test_residual_gaussian_scores_the_unit_residual_after_a_fit() -> None:
     Mahalanobis maps, ``map_layers`` still selects layers, and switching back to ``cosine`` gives
     the official map of the same weights. Float32 on the CPU.
     """
-    from anomalib_ext.models.rd4ad.anomaly_map import unit_residual, upsampled
+    from anomalib_ext.components.residual_gaussian import unit_residual
+    from anomalib_ext.models.rd4ad.anomaly_map import upsampled
 
     torch.manual_seed(0)
     model = _tiny_model(pre_trained=False, distance="residual_gaussian").model.eval()

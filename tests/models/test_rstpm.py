@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pytest
 import torch
@@ -365,6 +366,44 @@ def test_eval_forward_selects_score_map(score_map: str) -> None:
     torch.testing.assert_close(pooled.pred_score, expected)
 
 
+def test_residual_gaussian_replaces_the_student_teacher_distances_after_a_fit() -> None:
+    """``distance="residual_gaussian"``: the six S-T maps become Mahalanobis maps of the unit residuals.
+
+    Before a fit the eval forward refuses, naming the fit. After it the S-T map is eq. 1's product
+    of the pair sums of the Gaussian maps, the combined map that times the discriminator, which
+    still reads the paper's cosine maps (its map is unchanged), and ``cosine`` gives the paper's
+    maps of the same weights back. Float32 on the CPU.
+    """
+    from anomalib_ext.components.residual_gaussian import unit_residual
+
+    torch.manual_seed(0)
+    model = tiny_model(distance="residual_gaussian").model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="fit_residual_gaussians"):
+        model(images)
+    model.fit_residual_gaussians([(torch.rand(4, 3, 64, 64), None), (torch.rand(4, 3, 64, 64), None)])
+    assert len(model.residual_gaussians) == 6
+    assert not model.training
+    with torch.no_grad():
+        maps = model.anomaly_maps(images)
+        features = model.features(images)
+        teachers = [*features.teacher1, *features.teacher2]
+        students = [*features.student1, *features.student2]
+        pairs = zip(model.residual_gaussians, teachers, students, strict=True)
+        gaussian = [g(unit_residual(t, s)) for g, t, s in pairs]
+        upsampled = [F.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in gaussian]
+        expected = (upsampled[0] + upsampled[3]) * (upsampled[1] + upsampled[4]) * (upsampled[2] + upsampled[5])
+        model.distance = "cosine"
+        cosine = model.anomaly_maps(images)
+    torch.testing.assert_close(maps["student_teacher"], expected, rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(maps["discriminator"], cosine["discriminator"])
+    torch.testing.assert_close(maps["combined"], maps["student_teacher"] * maps["discriminator"])
+    summed = model.summed_maps(features, (64, 64))
+    torch.testing.assert_close(cosine["student_teacher"], summed.prod(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="distance='euclidean'"):
+        RSTPM(**TINY, pre_trained=False, distance="euclidean")
+
+
 def test_student_teacher_scoring_skips_the_discriminator() -> None:
     """Scoring the S-T map never runs the discriminator (most of the eval cost); the other maps do."""
     model = tiny_model(score_map="student_teacher").model.eval()
@@ -541,6 +580,40 @@ def test_resume_in_stage2(tiny_datamodule: MVTecStyle, tmp_path: Path) -> None:
     loaded = RSTPM.load_from_checkpoint(stage2_checkpoint, weights_only=True)
     assert loaded.hparams.stage1_epochs is None
     assert loaded.hparams.attention == "*+"
+
+
+@pytest.mark.slow
+def test_residual_gaussian_fits_after_stage1_and_leaves_training_unchanged(
+    tiny_datamodule: MVTecStyle,
+    tmp_path: Path,
+) -> None:
+    """1 + 2 epochs, a validation after each: one fit (the students freeze after stage 1), the paper's weights.
+
+    The stage-2 validations reuse the fit made after stage 1, whose students they score; the fit's
+    own data loader does not shift training's random stream, so every weight equals the cosine
+    run's bit for bit; a checkpoint restores the statistics and the export matches torch (float32
+    on both, 1e-4 of the map's scale). Assumes one CPU process with deterministic float32 kernels.
+    """
+    weights, fits = {}, {}
+    for distance in ("cosine", "residual_gaussian"):
+        seed_everything(0, workers=True)
+        model = tiny_model(distance=distance, score_map="combined", cache_teacher_features=True)
+        engine = make_engine(tmp_path / distance, max_epochs=3, check_val_every_n_epoch=1)
+        with mock.patch.object(model.model, "fit_residual_gaussians", wraps=model.model.fit_residual_gaussians) as fit:
+            engine.fit(model, datamodule=tiny_datamodule)
+        weights[distance] = {k: v for k, v in model.model.state_dict().items() if "residual_gaussians" not in k}
+        fits[distance] = fit.call_count
+    assert fits == {"cosine": 0, "residual_gaussian": 1}
+    assert model.model.residual_gaussians.fitted()
+    for key, value in weights["cosine"].items():
+        assert torch.equal(value, weights["residual_gaussian"][key]), key
+
+    restored = RSTPM.load_from_checkpoint(next((tmp_path / "residual_gaussian").rglob("*.ckpt")), weights_only=True)
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval().model(image).anomaly_map
+        torch.testing.assert_close(restored.eval().model(image).anomaly_map, expected, rtol=1e-4, atol=1e-6)
+    assert_openvino_parity(model, tmp_path / "export", input_size=(64, 64))
 
 
 @pytest.mark.slow

@@ -78,6 +78,12 @@ class PositionGaussian(DynamicBufferMixin):
         self.precision = precision.float()
         self.reset()
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        """Load a checkpoint saved before the model had these statistics unfitted, not failing on missing keys."""
+        for name in ("mean", "precision"):
+            state_dict.setdefault(prefix + name, torch.empty(0))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of each position of ``B x C x H x W`` features: ``B x 1 x H x W``."""
         if not self.fitted:

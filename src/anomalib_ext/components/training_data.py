@@ -4,19 +4,21 @@ Lightning's training loader is shuffled and, under DDP, sharded: statistics take
 differ between ranks (and DDP would silently keep rank 0's). Models that fit statistics on the
 training images (EfficientAD's teacher normalisation, RD4AD's residual Gaussians) read them
 through :func:`ordered_loader` instead, so every rank fits the same numbers as one process, and
-see each batch through :func:`preprocessed_batches`, as their training step does.
+see each batch through :func:`preprocessed_batches`, as their training step does;
+:func:`fit_on_training_images` does both for statistics fitted during ``fit`` (RD4AD's and RSTPM's
+residual Gaussians), without disturbing training's random stream.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
-    import torch
     from anomalib.data import AnomalibDataset, Batch
     from anomalib.models.components import AnomalibModule
     from lightning.pytorch import Trainer
@@ -38,3 +40,20 @@ def preprocessed_batches(loader: Iterable[Batch], module: AnomalibModule) -> Ite
     for batch in loader:
         images = batch.image.to(module.device)
         yield batch, transform(images) if transform else images
+
+
+def fit_on_training_images(module: AnomalibModule, fit: Callable[[Iterator[tuple[Batch, torch.Tensor]]], None]) -> bool:
+    """Call ``fit`` on the attached trainer's training images, in order, as :func:`preprocessed_batches` gives them.
+
+    The pass runs under ``torch.random.fork_rng``: a data loader draws a seed from the global random state, and
+    without restoring it the next epoch's shuffle (and so the trained weights) would change. Returns ``False``,
+    calling nothing, when no trainer or no training data is attached (test or predict from a checkpoint).
+    """
+    trainer = module._trainer  # noqa: SLF001  # Lightning's ``trainer`` property raises when none is attached
+    training = None if trainer is None else trainer.train_dataloader
+    if training is None:
+        return False
+    loader = ordered_loader(training.dataset, trainer)  # every image on every rank, as one process
+    with torch.random.fork_rng(devices=[]):
+        fit(preprocessed_batches(loader, module))
+    return True

@@ -1,6 +1,8 @@
 """RD4AD: anomaly detection via reverse distillation from one-class embedding (Deng & Li, CVPR 2022)."""
 
-from .anomaly_map import LayerDistance, MapFusion
+from anomalib_ext.components.residual_gaussian import LayerDistance
+
+from .anomaly_map import MapFusion
 from .lightning_model import RD4AD
 from .loss import LossForm
 from .torch_model import RD4ADModel, StudentActivation

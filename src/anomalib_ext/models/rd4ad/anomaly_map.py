@@ -5,11 +5,9 @@ Official ``cal_anomaly_map``: bilinear upsampling with ``align_corners=True``, t
 whose default ``truncate=4`` gives a 33-pixel kernel: reproduced here with kornia's blur through
 anomalib's ``GaussianBlur2d`` so the whole map stays on-device and exportable.
 
-Not in the paper: ``LayerDistance.RESIDUAL_GAUSSIAN`` replaces each layer's cosine by the Mahalanobis
-distance of the unit residual ``t/|t| - s/|s|`` (whose squared length is ``2 (1 - cos)``) to a Gaussian
-per position fitted on the training images after training, PaDiM's distance. Measured on MTD, the
-cosine's isotropic, position-blind yardstick is what keeps RD4AD's image ranking below PaDiM's on the
-same teacher (docs/benchmarks.md, "Distillation models' distance against PaDiM's").
+Not in the paper: ``LayerDistance.RESIDUAL_GAUSSIAN`` (``components/residual_gaussian.py``, shared with
+RSTPM) replaces each layer's cosine by the Mahalanobis distance of the unit residual ``t/|t| - s/|s|``
+to a Gaussian per position fitted on the training images, PaDiM's distance.
 """
 
 from __future__ import annotations
@@ -24,22 +22,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-
-class LayerDistance(StrEnum):
-    """How each layer's teacher-student difference becomes a distance map.
-
-    ``cosine``: ``1 - cos(t, s)`` (official); ``residual_gaussian``: the unit residual's Mahalanobis
-    distance to a Gaussian per position fitted on the training images (an option, see the module doc).
-    """
-
-    COSINE = "cosine"
-    RESIDUAL_GAUSSIAN = "residual_gaussian"
-
-
-def unit_residual(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """``t/|t| - s/|s|`` per position: the vector whose squared length is ``2 (1 - cos(t, s))``."""
-    return F.normalize(teacher, dim=1) - F.normalize(student, dim=1)
 
 
 class MapFusion(StrEnum):

@@ -28,14 +28,15 @@ from torch import optim
 from anomalib_ext.components.feature_cache import FrozenFeatureCache
 from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
-from anomalib_ext.components.training_data import ordered_loader, preprocessed_batches
+from anomalib_ext.components.residual_gaussian import LayerDistance
+from anomalib_ext.components.training_data import fit_on_training_images
 
-from .anomaly_map import LayerDistance, MapFusion
+from .anomaly_map import MapFusion
 from .loss import LossForm, RD4ADLoss
 from .torch_model import RD4ADModel, StudentActivation
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from anomalib.data import Batch
@@ -182,22 +183,17 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         """
         if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
             return
-        training = self.trainer.train_dataloader
         step = self.trainer.global_step
-        if training is None or (self._gaussians_fitted_at == step and self.model.residual_gaussians[0].fitted):
+        if self._gaussians_fitted_at == step and self.model.residual_gaussians.fitted():
             return
-        loader = ordered_loader(training.dataset, self.trainer)  # every image on every rank, as one process
-        with torch.random.fork_rng(devices=[]):  # a data loader draws a seed: keep training's random stream untouched
-            self.model.fit_residual_gaussians(self._images_and_teacher_features(loader))
-        self._gaussians_fitted_at = step
+        if fit_on_training_images(self, self._fit_residual_gaussians):
+            self._gaussians_fitted_at = step
 
-    def _images_and_teacher_features(
-        self,
-        loader: Iterable[Batch],
-    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor] | None]]:
-        """Each training batch as the training step sees it, with its teacher features from the cache if any."""
-        for batch, images in preprocessed_batches(loader, self):
-            yield images, self.cached_teacher_features(batch.image_path, images)
+    def _fit_residual_gaussians(self, batches: Iterator[tuple[Batch, torch.Tensor]]) -> None:
+        """Fit on each training batch as the training step sees it, with its teacher features from the cache if any."""
+        self.model.fit_residual_gaussians(
+            (images, self.cached_teacher_features(batch.image_path, images)) for batch, images in batches
+        )
 
     def on_validation_start(self) -> None:
         """Fit what the anomaly map needs from the training images (see :meth:`prepare_scoring`)."""

@@ -37,9 +37,9 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
-from anomalib_ext.components.position_gaussian import PositionGaussian
+from anomalib_ext.components.residual_gaussian import LayerDistance, ResidualGaussians
 
-from .anomaly_map import AnomalyMapGenerator, LayerDistance, MapFusion, cosine_distances, unit_residual
+from .anomaly_map import AnomalyMapGenerator, MapFusion, cosine_distances
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -287,7 +287,7 @@ class RD4ADModel(nn.Module):
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
         self.map_layers = map_layers  # validated by the setter
         self.distance = distance  # parsed by the setter
-        self.residual_gaussians = nn.ModuleList(PositionGaussian() for _ in shapes)
+        self.residual_gaussians = ResidualGaussians(len(shapes), fit_hint="RD4ADModel.fit_residual_gaussians")
 
     @property
     def map_layers(self) -> list[int] | None:
@@ -345,14 +345,7 @@ class RD4ADModel(nn.Module):
         # a fixed Python list: the exported graph keeps only these layers
         layers = range(len(teacher)) if self.map_layers is None else self.map_layers
         if self.distance is LayerDistance.RESIDUAL_GAUSSIAN:
-            gaussians = self.residual_gaussians
-            if not all(gaussians[i].fitted for i in layers):  # buffer sizes, static under tracing
-                msg = (
-                    "distance='residual_gaussian' has no statistics yet: train with it (they are fitted before each "
-                    "validation) or call RD4ADModel.fit_residual_gaussians on normal images first."
-                )
-                raise RuntimeError(msg)
-            distances = [gaussians[i](unit_residual(teacher[i], student[i])) for i in layers]
+            distances = self.residual_gaussians.distances(teacher, student, layers)
         else:
             distances = cosine_distances([teacher[i] for i in layers], [student[i] for i in layers])
         anomaly_map = self.anomaly_map_generator.fuse(distances, (images.shape[-2], images.shape[-1]))
@@ -367,12 +360,5 @@ class RD4ADModel(nn.Module):
         """
         was_training = self.training
         self.eval()
-        for gaussian in self.residual_gaussians:
-            gaussian.reset()
-        for images, teacher_features in batches:
-            teacher, student = self.features(images, teacher_features)
-            for gaussian, t, s in zip(self.residual_gaussians, teacher, student, strict=True):
-                gaussian.update(unit_residual(t, s))
-        for gaussian in self.residual_gaussians:
-            gaussian.finish()
+        self.residual_gaussians.fit(self.features(images, teacher) for images, teacher in batches)
         self.train(was_training)

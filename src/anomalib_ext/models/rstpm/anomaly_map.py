@@ -8,6 +8,11 @@ channels, and their product is the student-teacher map.
 The image score is one number per map. Neither the paper nor the reproduction report says how
 it is computed; :func:`image_score` offers the plain maximum (our default) and the DRAEM
 reference code's ``21 x 21`` mean pooling followed by the maximum.
+
+Not in the paper: with ``distance="residual_gaussian"`` (``components/residual_gaussian.py``) the six
+S-T maps are the unit residuals' Mahalanobis distances to Gaussians per position fitted on the training
+images, summed in the same pairs (:meth:`AnomalyMapGenerator.pair_sums`) and multiplied as eq. 1 does;
+the discriminator keeps the paper's input.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+from anomalib_ext.components.residual_gaussian import unit_residual
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,10 +59,19 @@ def image_score(anomaly_map: torch.Tensor, pooling: ScorePooling = ScorePooling.
     return torch.amax(anomaly_map, dim=(1, 2, 3))
 
 
-def distance_map(teacher: torch.Tensor, student: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
-    """Per-pixel ``0.5 * ||t/|t| - s/|s| ||^2`` (in ``[0, 2]``), upsampled to ``image_size``: ``(B, 1, H, W)``."""
-    distance = 0.5 * (F.normalize(teacher, dim=1) - F.normalize(student, dim=1)).pow(2).sum(dim=1, keepdim=True)
+def upsampled(distance: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """A ``(B, 1, h, w)`` distance map brought to ``image_size`` (bilinear, corners not aligned)."""
     return F.interpolate(distance, size=tuple(image_size), mode="bilinear", align_corners=False)
+
+
+def unit_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Per-position ``0.5 * ||t/|t| - s/|s| ||^2`` (in ``[0, 2]``) at the features' resolution: ``(B, 1, h, w)``."""
+    return 0.5 * unit_residual(teacher, student).pow(2).sum(dim=1, keepdim=True)
+
+
+def distance_map(teacher: torch.Tensor, student: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """:func:`unit_distance` upsampled to ``image_size``: ``(B, 1, H, W)``."""
+    return upsampled(unit_distance(teacher, student), image_size)
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -73,9 +89,19 @@ class AnomalyMapGenerator(nn.Module):
 
         All lists run shallow to deep, so channel 0 is ``m1 + m6`` and channel 2 is ``m3 + m4``.
         """
-        pair1 = [distance_map(t, s, image_size) for t, s in zip(teacher1, student1, strict=True)]
-        pair2 = [distance_map(t, s, image_size) for t, s in zip(teacher2, student2, strict=True)]
-        return torch.cat([a + b for a, b in zip(pair1, pair2, strict=True)], dim=1)
+        pair1 = [unit_distance(t, s) for t, s in zip(teacher1, student1, strict=True)]
+        pair2 = [unit_distance(t, s) for t, s in zip(teacher2, student2, strict=True)]
+        return AnomalyMapGenerator.pair_sums(pair1, pair2, image_size)
+
+    @staticmethod
+    def pair_sums(
+        pair1: Sequence[torch.Tensor],
+        pair2: Sequence[torch.Tensor],
+        image_size: Sequence[int],
+    ) -> torch.Tensor:
+        """``(B, n, H, W)`` from each pair's ``(B, 1, h, w)`` distance maps (shallow to deep), upsampled and added."""
+        maps = zip(pair1, pair2, strict=True)
+        return torch.cat([upsampled(a, image_size) + upsampled(b, image_size) for a, b in maps], dim=1)
 
     @staticmethod
     def student_teacher_map(summed: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,8 @@ from anomalib_ext.components.model_defaults import EvaluationDefaults
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.pseudo_anomaly import AnomalySource, make_pseudo_anomaly_generator
 from anomalib_ext.components.reconstruction_student import Attention
+from anomalib_ext.components.residual_gaussian import LayerDistance
+from anomalib_ext.components.training_data import fit_on_training_images
 
 from .anomaly_map import ScoreMap, ScorePooling
 from .loss import DiscriminatorLoss, StudentTeacherLoss
@@ -54,6 +56,7 @@ from .stages import resolve_stage1_epochs
 from .torch_model import LossMode, RSTPMModel, Student2Input, Student2Variant
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from anomalib.data import Batch
@@ -96,6 +99,10 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         lr_student2: stage-1 lr of student2's own SGD in ``"split"`` mode (``None``: ``lr``).
         lr_discriminator / weight_decay_discriminator: stage-2 Adam.
         discriminator_width: base width of the discriminative U-Net.
+        distance: ``"cosine"`` (paper) or ``"residual_gaussian"`` (not in the paper: each S-T map's unit
+            residual scored by a Gaussian per position, fitted on the training images before each
+            validation and kept in checkpoints; the discriminator trains as in the paper). Training
+            is the same either way; the distance can be switched after training (``model.model.distance``).
         cache_teacher_features: keep both teachers' features of each training image after its first
             stage-1 step and reuse them (``FrozenFeatureCache``: refuses an image whose pixels changed).
             Same training, bit for bit in a fixed batch order; stage 2 always runs the teachers, on
@@ -131,6 +138,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         lr_discriminator: float = 1e-4,  # noqa: ARG002
         weight_decay_discriminator: float = 1e-4,  # noqa: ARG002
         discriminator_width: int = 64,
+        distance: LayerDistance | str = LayerDistance.COSINE,
         cache_teacher_features: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -154,6 +162,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         loss_mode = parse_option(LossMode, loss_mode, "loss_mode").value
         score_map = parse_option(ScoreMap, score_map, "score_map").value
         score_pooling = parse_option(ScorePooling, score_pooling, "score_pooling").value
+        distance = parse_option(LayerDistance, distance, "distance").value
         anomaly_source = str(anomaly_source)
         super().__init__(
             pre_processor=pre_processor,
@@ -178,6 +187,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             score_map=score_map,
             score_pooling=score_pooling,
             discriminator_width=discriminator_width,
+            distance=distance,
         )
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
         self.loss = StudentTeacherLoss()
@@ -187,6 +197,8 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             probability=anomaly_probability,
             blend_factor=tuple(blend_factor) if isinstance(blend_factor, Sequence) else blend_factor,  # type: ignore[arg-type]
         )
+        self._student_updates = 0  # stage-1 steps so far: the residual Gaussians are refitted only after one
+        self._gaussians_fitted_after: int | None = None
 
     @staticmethod
     def configure_pre_processor(image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -284,6 +296,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             self.manual_backward(loss)  # parameters are disjoint and "split" detaches, so one backward serves both
             for optimizer in student_optimizers:
                 optimizer.step()
+            self._student_updates += 1
             self.log_dict(
                 {"train_loss_pair1": loss1.detach(), "train_loss_pair2": loss2.detach()},
                 on_epoch=True,
@@ -300,6 +313,34 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         self.log("train_stage", float(stage), on_epoch=True, batch_size=len(batch.image))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss.detach()}
+
+    def prepare_scoring(self) -> None:
+        """Fit the residual Gaussians on the training images when ``distance`` needs them and the students moved.
+
+        Called before each validation and by the benchmark's training curve before each point. The
+        students only change in stage 1, so stage 2 reuses the fit made after stage 1's last step.
+        The fit leaves the global random state as it found it (training is the same with either
+        distance). Outside ``fit`` (test or predict from a checkpoint) the statistics come from the checkpoint.
+        """
+        if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
+            return
+        if self._gaussians_fitted_after == self._student_updates and self.model.residual_gaussians.fitted():
+            return
+        if fit_on_training_images(self, self._fit_residual_gaussians):
+            self._gaussians_fitted_after = self._student_updates
+
+    def _fit_residual_gaussians(self, batches: Iterator[tuple[Batch, torch.Tensor]]) -> None:
+        """Fit on each clean training batch, with both teachers' features from the stage-1 cache if any."""
+        cache = self.feature_cache
+        self.model.fit_residual_gaussians(
+            (images, None if cache is None else cache.features(batch.image_path, images, self.model.teacher_features))
+            for batch, images in batches
+        )
+
+    def on_validation_start(self) -> None:
+        """Fit what the anomaly map needs from the training images (see :meth:`prepare_scoring`)."""
+        super().on_validation_start()
+        self.prepare_scoring()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict the selected map and score for the validation batch."""

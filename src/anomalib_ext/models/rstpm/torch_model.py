@@ -26,11 +26,12 @@ from anomalib_ext.components import ReconstructionStudent, create_backbone, feat
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, nonnegative_outputs
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
+from anomalib_ext.components.residual_gaussian import LayerDistance, ResidualGaussians
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
 
@@ -103,6 +104,11 @@ class RSTPMModel(nn.Module):
         score_pooling: how the image score is read from that map: ``"max"`` or ``"mean_pool_max"``
             (DRAEM's 21 x 21 mean filter, then the max); can be changed after training too.
         discriminator_width: base width of DRAEM's discriminative U-Net (DRAEM: 64).
+        distance: how the six S-T maps measure a position: ``"cosine"`` (the paper's
+            ``0.5 |t/|t| - s/|s||^2``) or ``"residual_gaussian"`` (not in the paper: that unit
+            residual's Mahalanobis distance to a Gaussian per position, fitted by
+            :meth:`fit_residual_gaussians` on normal images). Only the S-T map (and so the combined
+            map) changes; the discriminator keeps the paper's input. Can be changed after training.
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class RSTPMModel(nn.Module):
         score_map: ScoreMap | str = ScoreMap.COMBINED,
         score_pooling: ScorePooling | str = ScorePooling.MAX,
         discriminator_width: int = 64,
+        distance: LayerDistance | str = LayerDistance.COSINE,
     ) -> None:
         super().__init__()
         layers1, layers2 = list(layers1), list(layers2)
@@ -135,6 +142,7 @@ class RSTPMModel(nn.Module):
         self.loss_mode = parse_option(LossMode, loss_mode, "loss_mode")
         self.score_map = score_map  # validated by the setter
         self.score_pooling = score_pooling  # validated by the setter
+        self.distance = distance  # validated by the setter
         direct = self.student2_input == Student2Input.DIRECT
         # "split" + "direct": pair 2's loss stops at student2, pair 1's covers student1's deepest layer
         self.detach_student2_input = direct and self.loss_mode == LossMode.SPLIT
@@ -159,6 +167,8 @@ class RSTPMModel(nn.Module):
         # (most of stage 2's compute); see docs/models/rstpm.md, "Training cost".
         self.discriminator.to(memory_format=torch.channels_last)
         self.anomaly_map_generator = AnomalyMapGenerator()
+        # pair 1's maps (1-3), then pair 2's (6-4), shallow to deep in both
+        self.residual_gaussians = ResidualGaussians(2 * len(layers2), fit_hint="RSTPMModel.fit_residual_gaussians")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -179,6 +189,15 @@ class RSTPMModel(nn.Module):
     @score_pooling.setter
     def score_pooling(self, value: ScorePooling | str) -> None:
         self._score_pooling = parse_option(ScorePooling, value, "score_pooling")
+
+    @property
+    def distance(self) -> LayerDistance:
+        """How the S-T maps measure a position (:class:`~anomalib_ext.components.residual_gaussian.LayerDistance`)."""
+        return self._distance
+
+    @distance.setter
+    def distance(self, value: LayerDistance | str) -> None:
+        self._distance = parse_option(LayerDistance, value, "distance")
 
     def train(self, mode: bool = True) -> RSTPMModel:
         """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
@@ -230,10 +249,22 @@ class RSTPMModel(nn.Module):
         """The discriminator's 2-class logits for the summed maps, computed in channels-last layout."""
         return self.discriminator(summed.contiguous(memory_format=torch.channels_last))
 
+    def student_teacher_sums(self, features: RSTPMFeatures, summed: torch.Tensor) -> torch.Tensor:
+        """The pair sums whose product is the S-T map: ``summed`` itself, or the residual Gaussians' (``distance``)."""
+        if self.distance is LayerDistance.COSINE:
+            return summed
+        n_maps = len(features.teacher2)
+        distances = self.residual_gaussians.distances(
+            [*features.teacher1, *features.teacher2],
+            [*features.student1, *features.student2],
+        )
+        return self.anomaly_map_generator.pair_sums(distances[:n_maps], distances[n_maps:], summed.shape[-2:])
+
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All three maps for ``images``: ``student_teacher``, ``discriminator`` and ``combined``."""
-        summed = self.summed_maps(self.features(images), images.shape[-2:])
-        return self.anomaly_map_generator(summed, self.discriminate(summed))
+        features = self.features(images)
+        summed = self.summed_maps(features, images.shape[-2:])
+        return self.anomaly_map_generator(self.student_teacher_sums(features, summed), self.discriminate(summed))
 
     def selected_map(self, images: torch.Tensor) -> torch.Tensor:
         """The map :attr:`score_map` names, computing only what it needs.
@@ -241,13 +272,30 @@ class RSTPMModel(nn.Module):
         The S-T map does not use the discriminator, a full-resolution U-Net that is most of the eval
         forward's cost (about 1.2 s of 1.3 s for a 256 px image at width 64 on 2 CPU cores): scoring
         the S-T map skips it. An exported graph drops the unused branch on its own; eager torch (the
-        tests, the curves, the torch latency column) does not. The branch is on a Python option, so
+        tests, the curves, the torch latency column) does not. The branches are on Python options, so
         the graph still traces.
         """
-        summed = self.summed_maps(self.features(images), images.shape[-2:])
+        features = self.features(images)
+        summed = self.summed_maps(features, images.shape[-2:])
+        student_teacher = self.student_teacher_sums(features, summed)
         if self.score_map == ScoreMap.STUDENT_TEACHER:
-            return self.anomaly_map_generator.student_teacher_map(summed)
-        return self.anomaly_map_generator(summed, self.discriminate(summed))[self.score_map]
+            return self.anomaly_map_generator.student_teacher_map(student_teacher)
+        return self.anomaly_map_generator(student_teacher, self.discriminate(summed))[self.score_map]
+
+    @torch.no_grad()
+    def fit_residual_gaussians(self, batches: Iterable[tuple[torch.Tensor, Sequence[torch.Tensor] | None]]) -> None:
+        """Fit the six S-T maps' per-position Gaussians on the unit residuals of normal images.
+
+        ``batches`` yields ``(images, teacher_features or None)`` (as :meth:`features` takes them). The
+        students run in eval mode, as at test time; the mode the model was in is restored.
+        """
+        was_training = self.training
+        self.eval()
+        self.residual_gaussians.fit(
+            ([*f.teacher1, *f.teacher2], [*f.student1, *f.student2])
+            for f in (self.features(images, teachers) for images, teachers in batches)
+        )
+        self.train(was_training)
 
     def forward(self, images: torch.Tensor) -> RSTPMFeatures | InferenceBatch:
         """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its image score."""
