@@ -186,8 +186,9 @@ def test_residual_gaussian_scores_the_unit_residual_after_a_fit() -> None:
     """``distance="residual_gaussian"`` maps each layer's unit residual through its fitted Gaussian.
 
     Before a fit the eval forward refuses; after it the map is the smoothed sum of the per-layer
-    Mahalanobis maps, ``map_layers`` still selects layers, and switching back to ``cosine`` gives
-    the official map of the same weights. Float32 on the CPU.
+    Mahalanobis maps, ``map_layers`` still selects layers, switching back to ``cosine`` gives
+    the official map of the same weights, and ``score_distance`` scores the image from the Gaussian
+    map while the map stays the cosine one. Float32 on the CPU.
     """
     from anomalib_ext.components.residual_gaussian import unit_residual
     from anomalib_ext.models.rd4ad.anomaly_map import upsampled
@@ -207,7 +208,12 @@ def test_residual_gaussian_scores_the_unit_residual_after_a_fit() -> None:
     model.map_layers = [2]
     assert torch.allclose(model(images).anomaly_map, blur(maps[2]), atol=1e-4)
     model.map_layers, model.distance = None, "cosine"
-    assert torch.allclose(model(images).anomaly_map, model.anomaly_map_generator(teacher, student, (64, 64)))
+    cosine_map = model.anomaly_map_generator(teacher, student, (64, 64))
+    assert torch.allclose(model(images).anomaly_map, cosine_map)
+    model.score_distance = "residual_gaussian"  # rank by the Gaussian, localise with the cosine
+    hybrid = model(images)
+    assert torch.allclose(hybrid.anomaly_map, cosine_map)
+    assert torch.allclose(hybrid.pred_score, blur(sum(maps)).amax(dim=(-2, -1)), atol=1e-4)
     with pytest.raises(ValueError, match="distance"):
         RD4AD(**LITE0, pre_trained=False, distance="euclidean")
 

@@ -372,7 +372,8 @@ def test_residual_gaussian_replaces_the_student_teacher_distances_after_a_fit() 
     Before a fit the eval forward refuses, naming the fit. After it the S-T map is eq. 1's product
     of the pair sums of the Gaussian maps, the combined map that times the discriminator, which
     still reads the paper's cosine maps (its map is unchanged), and ``cosine`` gives the paper's
-    maps of the same weights back. Float32 on the CPU.
+    maps of the same weights back; ``score_distance`` reads the image score from the Gaussian
+    combined map while the map stays the paper's. Float32 on the CPU.
     """
     from anomalib_ext.components.residual_gaussian import unit_residual
 
@@ -400,6 +401,11 @@ def test_residual_gaussian_replaces_the_student_teacher_distances_after_a_fit() 
     torch.testing.assert_close(maps["combined"], maps["student_teacher"] * maps["discriminator"])
     summed = model.summed_maps(features, (64, 64))
     torch.testing.assert_close(cosine["student_teacher"], summed.prod(dim=1, keepdim=True))
+    model.score_distance = "residual_gaussian"  # rank by the Gaussians, localise with the paper's map
+    with torch.no_grad():
+        hybrid = model(images)
+    torch.testing.assert_close(hybrid.anomaly_map, cosine["combined"])
+    torch.testing.assert_close(hybrid.pred_score, maps["combined"].amax(dim=(1, 2, 3)))
     with pytest.raises(ValueError, match="distance='euclidean'"):
         RSTPM(**TINY, pre_trained=False, distance="euclidean")
 
@@ -591,8 +597,9 @@ def test_residual_gaussian_fits_after_stage1_and_leaves_training_unchanged(
 
     The stage-2 validations reuse the fit made after stage 1, whose students they score; the fit's
     own data loader does not shift training's random stream, so every weight equals the cosine
-    run's bit for bit; a checkpoint restores the statistics and the export matches torch (float32
-    on both, 1e-4 of the map's scale). Assumes one CPU process with deterministic float32 kernels.
+    run's bit for bit; a checkpoint restores the statistics and the export scoring the image by
+    the Gaussians and localising with the paper's map matches torch (float32 on both, 1e-4 of the
+    map's scale). Assumes one CPU process with deterministic float32 kernels.
     """
     weights, fits = {}, {}
     for distance in ("cosine", "residual_gaussian"):
@@ -613,6 +620,7 @@ def test_residual_gaussian_fits_after_stage1_and_leaves_training_unchanged(
     with torch.no_grad():
         expected = model.eval().model(image).anomaly_map
         torch.testing.assert_close(restored.eval().model(image).anomaly_map, expected, rtol=1e-4, atol=1e-6)
+    model.model.distance, model.model.score_distance = "cosine", "residual_gaussian"  # both maps in one graph
     assert_openvino_parity(model, tmp_path / "export", input_size=(64, 64))
 
 

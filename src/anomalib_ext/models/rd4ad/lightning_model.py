@@ -81,6 +81,10 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             features). Training is unchanged. The statistics are buffers, saved in checkpoints and
             exports; a model trained with it can be scored with ``"cosine"`` too
             (``model.model.distance``).
+        score_distance: the distance whose map gives the image score; ``None`` (default): ``distance``.
+            ``"residual_gaussian"`` with ``distance="cosine"`` ranks images by the Gaussian and
+            localises with the official cosine map (not in the paper; the statistics are fitted as
+            for ``distance``). Can be set after training too (``model.model.score_distance``).
         lr, betas: Adam settings (official 0.005, ``(0.5, 0.999)``).
 
     The options are stored in ``hparams`` as plain strings, so checkpoints and config dumps hold
@@ -110,6 +114,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         cache_teacher_features: bool = False,
         map_layers: Sequence[int] | None = None,
         distance: LayerDistance | str = LayerDistance.COSINE,
+        score_distance: LayerDistance | str | None = None,
         # read in configure_optimizers from self.hparams (anomalib's save_hyperparameters reads this frame)
         lr: float = 0.005,  # noqa: ARG002
         betas: Sequence[float] = (0.5, 0.999),  # noqa: ARG002
@@ -123,6 +128,8 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         student_activation = parse_option(StudentActivation, student_activation, "student_activation").value
         loss_form = parse_option(LossForm, loss_form, "loss_form").value
         distance = parse_option(LayerDistance, distance, "distance").value
+        if score_distance is not None:
+            score_distance = parse_option(LayerDistance, score_distance, "score_distance").value
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -144,6 +151,7 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
             student_activation=student_activation,
             map_layers=map_layers,
             distance=distance,
+            score_distance=score_distance,
         )
         self.loss = RD4ADLoss(form=loss_form)
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
@@ -174,14 +182,14 @@ class RD4AD(EvaluationDefaults, AnomalibModule):
         return self.feature_cache.features(paths, images, self.teacher_features)
 
     def prepare_scoring(self) -> None:
-        """Fit the residual Gaussians on the training images when ``distance`` needs them and the weights moved.
+        """Fit the residual Gaussians on the training images when the map or score needs them and the weights moved.
 
         Called before each validation and by the benchmark's training curve before each point;
         refits only when a training step ran since the last fit. The fit leaves the global random
         state as it found it, so training is the same random sequence with either distance. Outside
         ``fit`` (test or predict from a checkpoint) the statistics come from the checkpoint.
         """
-        if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
+        if not self.model.needs_residual_gaussians or self._trainer is None:
             return
         step = self.trainer.global_step
         if self._gaussians_fitted_at == step and self.model.residual_gaussians.fitted():

@@ -243,8 +243,9 @@ class RD4ADModel(nn.Module):
 
     ``student_relu`` records, shallow to deep, whether each student level ends in ReLU
     (resolved from ``student_activation`` against the teacher, see :class:`StudentActivation`).
-    ``distance`` and ``map_layers`` only change how the eval map is made, so both can be set after
-    training; ``residual_gaussian`` needs :meth:`fit_residual_gaussians` on normal images first.
+    ``distance``, ``score_distance`` and ``map_layers`` only change how the eval map and score are
+    made, so all can be set after training; ``residual_gaussian`` needs :meth:`fit_residual_gaussians`
+    on normal images first.
     """
 
     def __init__(
@@ -263,6 +264,7 @@ class RD4ADModel(nn.Module):
         student_activation: StudentActivation | str = StudentActivation.AUTO,
         map_layers: Sequence[int] | None = None,
         distance: LayerDistance | str = LayerDistance.COSINE,
+        score_distance: LayerDistance | str | None = None,
     ) -> None:
         super().__init__()
         self.encoder = create_backbone(
@@ -287,6 +289,7 @@ class RD4ADModel(nn.Module):
         self.anomaly_map_generator = AnomalyMapGenerator(mode=anomaly_map_mode, sigma=sigma)
         self.map_layers = map_layers  # validated by the setter
         self.distance = distance  # parsed by the setter
+        self.score_distance = score_distance  # parsed by the setter
         self.residual_gaussians = ResidualGaussians(len(shapes), fit_hint="RD4ADModel.fit_residual_gaussians")
 
     @property
@@ -310,6 +313,25 @@ class RD4ADModel(nn.Module):
     @distance.setter
     def distance(self, value: LayerDistance | str) -> None:
         self._distance = LayerDistance(value)
+
+    @property
+    def score_distance(self) -> LayerDistance | None:
+        """The distance whose map gives the image score; ``None``: :attr:`distance`, the anomaly map's own."""
+        return self._score_distance
+
+    @score_distance.setter
+    def score_distance(self, value: LayerDistance | str | None) -> None:
+        self._score_distance = None if value is None else LayerDistance(value)
+
+    @property
+    def scored_by(self) -> LayerDistance:
+        """The distance the image score is read from: :attr:`score_distance`, else :attr:`distance`."""
+        return self.distance if self.score_distance is None else self.score_distance
+
+    @property
+    def needs_residual_gaussians(self) -> bool:
+        """Whether the map or the score reads the residual Gaussians."""
+        return LayerDistance.RESIDUAL_GAUSSIAN in {self.distance, self.scored_by}
 
     def train(self, mode: bool = True) -> RD4ADModel:
         """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""
@@ -342,14 +364,28 @@ class RD4ADModel(nn.Module):
         teacher, student = self.features(images, teacher_features)
         if self.training:
             return teacher, student
+        size = (images.shape[-2], images.shape[-1])
+        anomaly_map = self.fused_map(teacher, student, self.distance, size)
+        scored = anomaly_map
+        if self.scored_by is not self.distance:  # a Python option: the exported graph holds one branch
+            scored = self.fused_map(teacher, student, self.scored_by, size)
+        return InferenceBatch(pred_score=torch.amax(scored, dim=(-2, -1)), anomaly_map=anomaly_map)
+
+    def fused_map(
+        self,
+        teacher: list[torch.Tensor],
+        student: list[torch.Tensor],
+        distance: LayerDistance,
+        image_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The smoothed fusion of the :attr:`map_layers` maps under ``distance``, at ``image_size``."""
         # a fixed Python list: the exported graph keeps only these layers
         layers = range(len(teacher)) if self.map_layers is None else self.map_layers
-        if self.distance is LayerDistance.RESIDUAL_GAUSSIAN:
+        if distance is LayerDistance.RESIDUAL_GAUSSIAN:
             distances = self.residual_gaussians.distances(teacher, student, layers)
         else:
             distances = cosine_distances([teacher[i] for i in layers], [student[i] for i in layers])
-        anomaly_map = self.anomaly_map_generator.fuse(distances, (images.shape[-2], images.shape[-1]))
-        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+        return self.anomaly_map_generator.fuse(distances, image_size)
 
     @torch.no_grad()
     def fit_residual_gaussians(self, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor] | None]]) -> None:

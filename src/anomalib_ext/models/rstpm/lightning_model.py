@@ -103,6 +103,9 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             residual scored by a Gaussian per position, fitted on the training images before each
             validation and kept in checkpoints; the discriminator trains as in the paper). Training
             is the same either way; the distance can be switched after training (``model.model.distance``).
+        score_distance: the S-T distance behind the image score; ``None`` (default): ``distance``.
+            ``"residual_gaussian"`` with ``distance="cosine"`` ranks images with the Gaussians and
+            localises with the paper's maps (not in the paper; ``model.model.score_distance``).
         cache_teacher_features: keep both teachers' features of each training image after its first
             stage-1 step and reuse them (``FrozenFeatureCache``: refuses an image whose pixels changed).
             Same training, bit for bit in a fixed batch order; stage 2 always runs the teachers, on
@@ -139,6 +142,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         weight_decay_discriminator: float = 1e-4,  # noqa: ARG002
         discriminator_width: int = 64,
         distance: LayerDistance | str = LayerDistance.COSINE,
+        score_distance: LayerDistance | str | None = None,
         cache_teacher_features: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -163,6 +167,8 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         score_map = parse_option(ScoreMap, score_map, "score_map").value
         score_pooling = parse_option(ScorePooling, score_pooling, "score_pooling").value
         distance = parse_option(LayerDistance, distance, "distance").value
+        if score_distance is not None:
+            score_distance = parse_option(LayerDistance, score_distance, "score_distance").value
         anomaly_source = str(anomaly_source)
         super().__init__(
             pre_processor=pre_processor,
@@ -188,6 +194,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             score_pooling=score_pooling,
             discriminator_width=discriminator_width,
             distance=distance,
+            score_distance=score_distance,
         )
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
         self.loss = StudentTeacherLoss()
@@ -315,14 +322,14 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         return {"loss": loss.detach()}
 
     def prepare_scoring(self) -> None:
-        """Fit the residual Gaussians on the training images when ``distance`` needs them and the students moved.
+        """Fit the residual Gaussians on the training images when the map or score needs them and the students moved.
 
         Called before each validation and by the benchmark's training curve before each point. The
         students only change in stage 1, so stage 2 reuses the fit made after stage 1's last step.
         The fit leaves the global random state as it found it (training is the same with either
         distance). Outside ``fit`` (test or predict from a checkpoint) the statistics come from the checkpoint.
         """
-        if self.model.distance is not LayerDistance.RESIDUAL_GAUSSIAN or self._trainer is None:
+        if not self.model.needs_residual_gaussians or self._trainer is None:
             return
         if self._gaussians_fitted_after == self._student_updates and self.model.residual_gaussians.fitted():
             return

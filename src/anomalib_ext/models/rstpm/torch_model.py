@@ -109,6 +109,9 @@ class RSTPMModel(nn.Module):
             residual's Mahalanobis distance to a Gaussian per position, fitted by
             :meth:`fit_residual_gaussians` on normal images). Only the S-T map (and so the combined
             map) changes; the discriminator keeps the paper's input. Can be changed after training.
+        score_distance: the S-T distance behind the image score; ``None`` (default): ``distance``.
+            ``"residual_gaussian"`` with ``distance="cosine"`` ranks images with the Gaussians and
+            localises with the paper's maps. Can be changed after training.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class RSTPMModel(nn.Module):
         score_pooling: ScorePooling | str = ScorePooling.MAX,
         discriminator_width: int = 64,
         distance: LayerDistance | str = LayerDistance.COSINE,
+        score_distance: LayerDistance | str | None = None,
     ) -> None:
         super().__init__()
         layers1, layers2 = list(layers1), list(layers2)
@@ -143,6 +147,7 @@ class RSTPMModel(nn.Module):
         self.score_map = score_map  # validated by the setter
         self.score_pooling = score_pooling  # validated by the setter
         self.distance = distance  # validated by the setter
+        self.score_distance = score_distance  # validated by the setter
         direct = self.student2_input == Student2Input.DIRECT
         # "split" + "direct": pair 2's loss stops at student2, pair 1's covers student1's deepest layer
         self.detach_student2_input = direct and self.loss_mode == LossMode.SPLIT
@@ -199,6 +204,25 @@ class RSTPMModel(nn.Module):
     def distance(self, value: LayerDistance | str) -> None:
         self._distance = parse_option(LayerDistance, value, "distance")
 
+    @property
+    def score_distance(self) -> LayerDistance | None:
+        """The distance of the S-T maps behind the image score; ``None``: :attr:`distance`, the anomaly map's own."""
+        return self._score_distance
+
+    @score_distance.setter
+    def score_distance(self, value: LayerDistance | str | None) -> None:
+        self._score_distance = None if value is None else parse_option(LayerDistance, value, "score_distance")
+
+    @property
+    def scored_by(self) -> LayerDistance:
+        """The distance the image score is read from: :attr:`score_distance`, else :attr:`distance`."""
+        return self.distance if self.score_distance is None else self.score_distance
+
+    @property
+    def needs_residual_gaussians(self) -> bool:
+        """Whether the map or the score reads the residual Gaussians."""
+        return LayerDistance.RESIDUAL_GAUSSIAN in {self.distance, self.scored_by}
+
     def train(self, mode: bool = True) -> RSTPMModel:
         """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
         super().train(mode)
@@ -249,9 +273,17 @@ class RSTPMModel(nn.Module):
         """The discriminator's 2-class logits for the summed maps, computed in channels-last layout."""
         return self.discriminator(summed.contiguous(memory_format=torch.channels_last))
 
-    def student_teacher_sums(self, features: RSTPMFeatures, summed: torch.Tensor) -> torch.Tensor:
-        """The pair sums whose product is the S-T map: ``summed`` itself, or the residual Gaussians' (``distance``)."""
-        if self.distance is LayerDistance.COSINE:
+    def student_teacher_sums(
+        self,
+        features: RSTPMFeatures,
+        summed: torch.Tensor,
+        distance: LayerDistance | None = None,
+    ) -> torch.Tensor:
+        """The pair sums whose product is the S-T map: ``summed`` itself, or the residual Gaussians'.
+
+        ``distance``: which of the two (``None``: :attr:`distance`).
+        """
+        if (distance or self.distance) is LayerDistance.COSINE:
             return summed
         n_maps = len(features.teacher2)
         distances = self.residual_gaussians.distances(
@@ -264,20 +296,19 @@ class RSTPMModel(nn.Module):
         """All three maps for ``images``: ``student_teacher``, ``discriminator`` and ``combined``."""
         features = self.features(images)
         summed = self.summed_maps(features, images.shape[-2:])
-        return self.anomaly_map_generator(self.student_teacher_sums(features, summed), self.discriminate(summed))
-
-    def selected_map(self, images: torch.Tensor) -> torch.Tensor:
-        """The map :attr:`score_map` names, computing only what it needs.
-
-        The S-T map does not use the discriminator, a full-resolution U-Net that is most of the eval
-        forward's cost (about 1.2 s of 1.3 s for a 256 px image at width 64 on 2 CPU cores): scoring
-        the S-T map skips it. An exported graph drops the unused branch on its own; eager torch (the
-        tests, the curves, the torch latency column) does not. The branches are on Python options, so
-        the graph still traces.
-        """
-        features = self.features(images)
-        summed = self.summed_maps(features, images.shape[-2:])
         student_teacher = self.student_teacher_sums(features, summed)
+        return self.anomaly_map_generator(student_teacher, self.discriminate(summed))
+
+    def selected_map(self, features: RSTPMFeatures, summed: torch.Tensor, distance: LayerDistance) -> torch.Tensor:
+        """The map :attr:`score_map` names, its S-T maps under ``distance``; ``summed``: the cosine pair sums.
+
+        Computes only what that map needs. The S-T map does not use the discriminator, a full-resolution
+        U-Net that is most of the eval forward's cost (about 1.2 s of 1.3 s for a 256 px image at width 64
+        on 2 CPU cores): scoring the S-T map skips it. An exported graph drops the unused branch on its
+        own; eager torch (the tests, the curves, the torch latency column) does not. The branches are on
+        Python options, so the graph still traces.
+        """
+        student_teacher = self.student_teacher_sums(features, summed, distance)
         if self.score_map == ScoreMap.STUDENT_TEACHER:
             return self.anomaly_map_generator.student_teacher_map(student_teacher)
         return self.anomaly_map_generator(student_teacher, self.discriminate(summed))[self.score_map]
@@ -301,5 +332,10 @@ class RSTPMModel(nn.Module):
         """Training: the feature pyramids (for the S-T loss). Eval: the selected map and its image score."""
         if self.training:
             return self.features(images)
-        anomaly_map = self.selected_map(images)
-        return InferenceBatch(pred_score=image_score(anomaly_map, self.score_pooling), anomaly_map=anomaly_map)
+        features = self.features(images)
+        summed = self.summed_maps(features, images.shape[-2:])
+        anomaly_map = self.selected_map(features, summed, self.distance)
+        scored = anomaly_map
+        if self.scored_by is not self.distance:  # a Python option: the exported graph holds one branch
+            scored = self.selected_map(features, summed, self.scored_by)
+        return InferenceBatch(pred_score=image_score(scored, self.score_pooling), anomaly_map=anomaly_map)
