@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from .options import parse_option
 from .position_gaussian import PositionGaussian
 
 if TYPE_CHECKING:
@@ -38,6 +39,45 @@ class LayerDistance(StrEnum):
 def unit_residual(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """``t/|t| - s/|s|`` per position: the vector whose squared length is ``2 (1 - cos(t, s))``."""
     return F.normalize(teacher, dim=1) - F.normalize(student, dim=1)
+
+
+class DistanceChoice:
+    """A torch model's ``distance`` (its anomaly map's) and ``score_distance`` (its image score's) options.
+
+    Both are plain attributes a user may set after training; ``score_distance=None`` scores the image
+    from the anomaly map itself. Mixed into RD4AD's and RSTPM's torch models.
+    """
+
+    _distance: LayerDistance
+    _score_distance: LayerDistance | None
+
+    @property
+    def distance(self) -> LayerDistance:
+        """How the anomaly map measures a teacher-student difference (:class:`LayerDistance`)."""
+        return self._distance
+
+    @distance.setter
+    def distance(self, value: LayerDistance | str) -> None:
+        self._distance = parse_option(LayerDistance, value, "distance")
+
+    @property
+    def score_distance(self) -> LayerDistance | None:
+        """The distance whose map gives the image score; ``None``: :attr:`distance`, the anomaly map's own."""
+        return self._score_distance
+
+    @score_distance.setter
+    def score_distance(self, value: LayerDistance | str | None) -> None:
+        self._score_distance = None if value is None else parse_option(LayerDistance, value, "score_distance")
+
+    @property
+    def scored_by(self) -> LayerDistance:
+        """The distance the image score is read from: :attr:`score_distance`, else :attr:`distance`."""
+        return self.distance if self.score_distance is None else self.score_distance
+
+    @property
+    def needs_residual_gaussians(self) -> bool:
+        """Whether the map or the score reads the residual Gaussians."""
+        return LayerDistance.RESIDUAL_GAUSSIAN in {self.distance, self.scored_by}
 
 
 class ResidualGaussians(nn.ModuleList):

@@ -37,7 +37,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_ext.components.backbone import create_backbone, feature_shapes, nonnegative_outputs
-from anomalib_ext.components.residual_gaussian import LayerDistance, ResidualGaussians
+from anomalib_ext.components.residual_gaussian import DistanceChoice, LayerDistance, ResidualGaussians
 
 from .anomaly_map import AnomalyMapGenerator, MapFusion, cosine_distances
 
@@ -238,7 +238,7 @@ class DeResNetDecoder(nn.Module):
         return outputs[::-1]
 
 
-class RD4ADModel(nn.Module):
+class RD4ADModel(DistanceChoice, nn.Module):
     """Teacher encoder -> OCBE -> student decoder; in eval mode returns anomaly map and score.
 
     ``student_relu`` records, shallow to deep, whether each student level ends in ReLU
@@ -304,34 +304,6 @@ class RD4ADModel(nn.Module):
             msg = f"map_layers must be None or a non-empty list of layer indices in [0, {count}); got {value!r}."
             raise ValueError(msg)
         self._map_layers = None if value is None else [int(index) for index in value]
-
-    @property
-    def distance(self) -> LayerDistance:
-        """How each layer's map is made from the teacher's and the student's features (:class:`LayerDistance`)."""
-        return self._distance
-
-    @distance.setter
-    def distance(self, value: LayerDistance | str) -> None:
-        self._distance = LayerDistance(value)
-
-    @property
-    def score_distance(self) -> LayerDistance | None:
-        """The distance whose map gives the image score; ``None``: :attr:`distance`, the anomaly map's own."""
-        return self._score_distance
-
-    @score_distance.setter
-    def score_distance(self, value: LayerDistance | str | None) -> None:
-        self._score_distance = None if value is None else LayerDistance(value)
-
-    @property
-    def scored_by(self) -> LayerDistance:
-        """The distance the image score is read from: :attr:`score_distance`, else :attr:`distance`."""
-        return self.distance if self.score_distance is None else self.score_distance
-
-    @property
-    def needs_residual_gaussians(self) -> bool:
-        """Whether the map or the score reads the residual Gaussians."""
-        return LayerDistance.RESIDUAL_GAUSSIAN in {self.distance, self.scored_by}
 
     def train(self, mode: bool = True) -> RD4ADModel:
         """Keep the teacher in eval mode: its BatchNorm statistics are ImageNet's and stay frozen."""

@@ -26,7 +26,7 @@ from anomalib_ext.components import ReconstructionStudent, create_backbone, feat
 from anomalib_ext.components.backbone import IMAGENET_MEAN, IMAGENET_STD, nonnegative_outputs
 from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
-from anomalib_ext.components.residual_gaussian import LayerDistance, ResidualGaussians
+from anomalib_ext.components.residual_gaussian import DistanceChoice, LayerDistance, ResidualGaussians
 
 from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
 
@@ -81,7 +81,7 @@ class RSTPMFeatures(NamedTuple):
         return [*self.teacher1, self.deep[0]], [*self.student1, self.deep[1]]
 
 
-class RSTPMModel(nn.Module):
+class RSTPMModel(DistanceChoice, nn.Module):
     """Two student-teacher pairs plus a discriminator; in eval mode returns ``InferenceBatch``.
 
     Args:
@@ -194,34 +194,6 @@ class RSTPMModel(nn.Module):
     @score_pooling.setter
     def score_pooling(self, value: ScorePooling | str) -> None:
         self._score_pooling = parse_option(ScorePooling, value, "score_pooling")
-
-    @property
-    def distance(self) -> LayerDistance:
-        """How the S-T maps measure a position (:class:`~anomalib_ext.components.residual_gaussian.LayerDistance`)."""
-        return self._distance
-
-    @distance.setter
-    def distance(self, value: LayerDistance | str) -> None:
-        self._distance = parse_option(LayerDistance, value, "distance")
-
-    @property
-    def score_distance(self) -> LayerDistance | None:
-        """The distance of the S-T maps behind the image score; ``None``: :attr:`distance`, the anomaly map's own."""
-        return self._score_distance
-
-    @score_distance.setter
-    def score_distance(self, value: LayerDistance | str | None) -> None:
-        self._score_distance = None if value is None else parse_option(LayerDistance, value, "score_distance")
-
-    @property
-    def scored_by(self) -> LayerDistance:
-        """The distance the image score is read from: :attr:`score_distance`, else :attr:`distance`."""
-        return self.distance if self.score_distance is None else self.score_distance
-
-    @property
-    def needs_residual_gaussians(self) -> bool:
-        """Whether the map or the score reads the residual Gaussians."""
-        return LayerDistance.RESIDUAL_GAUSSIAN in {self.distance, self.scored_by}
 
     def train(self, mode: bool = True) -> RSTPMModel:
         """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
