@@ -402,8 +402,9 @@ def test_residual_gaussian_replaces_the_student_teacher_distances_after_a_fit() 
     summed = model.summed_maps(features, (64, 64))
     torch.testing.assert_close(cosine["student_teacher"], summed.prod(dim=1, keepdim=True))
     model.score_distance = "residual_gaussian"  # rank by the Gaussians, localise with the paper's map
-    with torch.no_grad():
+    with torch.no_grad(), mock.patch.object(model, "discriminate", wraps=model.discriminate) as discriminate:
         hybrid = model(images)
+    assert discriminate.call_count == 1  # both maps share the U-Net's output
     torch.testing.assert_close(hybrid.anomaly_map, cosine["combined"])
     torch.testing.assert_close(hybrid.pred_score, maps["combined"].amax(dim=(1, 2, 3)))
     with pytest.raises(ValueError, match="distance='euclidean'"):

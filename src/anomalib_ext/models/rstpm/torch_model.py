@@ -271,8 +271,16 @@ class RSTPMModel(DistanceChoice, nn.Module):
         student_teacher = self.student_teacher_sums(features, summed)
         return self.anomaly_map_generator(student_teacher, self.discriminate(summed))
 
-    def selected_map(self, features: RSTPMFeatures, summed: torch.Tensor, distance: LayerDistance) -> torch.Tensor:
+    def selected_map(
+        self,
+        features: RSTPMFeatures,
+        summed: torch.Tensor,
+        distance: LayerDistance,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The map :attr:`score_map` names, its S-T maps under ``distance``; ``summed``: the cosine pair sums.
+
+        ``logits``: the discriminator's output for ``summed`` when already computed (``None`` runs it if needed).
 
         Computes only what that map needs. The S-T map does not use the discriminator, a full-resolution
         U-Net that is most of the eval forward's cost (about 1.2 s of 1.3 s for a 256 px image at width 64
@@ -283,7 +291,8 @@ class RSTPMModel(DistanceChoice, nn.Module):
         student_teacher = self.student_teacher_sums(features, summed, distance)
         if self.score_map == ScoreMap.STUDENT_TEACHER:
             return self.anomaly_map_generator.student_teacher_map(student_teacher)
-        return self.anomaly_map_generator(student_teacher, self.discriminate(summed))[self.score_map]
+        logits = self.discriminate(summed) if logits is None else logits
+        return self.anomaly_map_generator(student_teacher, logits)[self.score_map]
 
     @torch.no_grad()
     def fit_residual_gaussians(self, batches: Iterable[tuple[torch.Tensor, Sequence[torch.Tensor] | None]]) -> None:
@@ -306,8 +315,10 @@ class RSTPMModel(DistanceChoice, nn.Module):
             return self.features(images)
         features = self.features(images)
         summed = self.summed_maps(features, images.shape[-2:])
-        anomaly_map = self.selected_map(features, summed, self.distance)
-        scored = anomaly_map
-        if self.scored_by is not self.distance:  # a Python option: the exported graph holds one branch
-            scored = self.selected_map(features, summed, self.scored_by)
+        if self.scored_by is self.distance:  # Python options: the exported graph holds one branch
+            anomaly_map = scored = self.selected_map(features, summed, self.distance)
+        else:  # both maps read the same discriminator output: run the U-Net once
+            logits = None if self.score_map == ScoreMap.STUDENT_TEACHER else self.discriminate(summed)
+            anomaly_map = self.selected_map(features, summed, self.distance, logits)
+            scored = self.selected_map(features, summed, self.scored_by, logits)
         return InferenceBatch(pred_score=image_score(scored, self.score_pooling), anomaly_map=anomaly_map)
