@@ -290,10 +290,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         self._set_stage_modes(stage)
         optimizers = self._optimizers()
         if stage == 1:
-            teachers = None
-            if self.feature_cache is not None:
-                teachers = self.feature_cache.features(batch.image_path, batch.image, self.model.teacher_features)
-            features = self.model.features(batch.image, teachers)
+            features = self.model.features(batch.image, self.cached_teacher_features(batch.image_path, batch.image))
             loss1 = self.loss(*features.pair1())
             loss2 = self.loss(features.teacher2, features.student2)
             loss = loss1 + loss2
@@ -338,11 +335,15 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
 
     def _fit_residual_gaussians(self, batches: Iterator[tuple[Batch, torch.Tensor]]) -> None:
         """Fit on each clean training batch, with both teachers' features from the stage-1 cache if any."""
-        cache = self.feature_cache
         self.model.fit_residual_gaussians(
-            (images, None if cache is None else cache.features(batch.image_path, images, self.model.teacher_features))
-            for batch, images in batches
+            (images, self.cached_teacher_features(batch.image_path, images)) for batch, images in batches
         )
+
+    def cached_teacher_features(self, paths: Sequence[str], images: torch.Tensor) -> list[torch.Tensor] | None:
+        """Both teachers' features of training images from the cache; ``None`` without one (the model runs them)."""
+        if self.feature_cache is None:
+            return None
+        return self.feature_cache.features(paths, images, self.model.teacher_features)
 
     def on_validation_start(self) -> None:
         """Fit what the anomaly map needs from the training images (see :meth:`prepare_scoring`)."""
