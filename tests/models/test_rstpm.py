@@ -411,6 +411,36 @@ def test_residual_gaussian_replaces_the_student_teacher_distances_after_a_fit() 
         RSTPM(**TINY, pre_trained=False, distance="euclidean")
 
 
+def test_student_teacher_fusion_sums_the_pair_sums_instead_of_multiplying() -> None:
+    """``student_teacher_fusion="sum"``: the S-T map is the sum of the three pair sums.
+
+    The combined map is that times the discriminator's, which does not change; the hparam is a plain
+    string; bad values are refused. Float32 on the CPU.
+    """
+    torch.manual_seed(0)
+    lightning = tiny_model(student_teacher_fusion="sum")
+    assert lightning.hparams.student_teacher_fusion == "sum"
+    model = lightning.model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        summed_fusion = model.anomaly_maps(images)
+        summed = model.summed_maps(model.features(images), (64, 64))
+        model.score_map = "student_teacher"
+        scored = model(images)
+        model.student_teacher_fusion = "product"
+        product_fusion = model.anomaly_maps(images)
+    torch.testing.assert_close(summed_fusion["student_teacher"], summed.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(product_fusion["student_teacher"], summed.prod(dim=1, keepdim=True))
+    torch.testing.assert_close(summed_fusion["discriminator"], product_fusion["discriminator"])
+    torch.testing.assert_close(
+        summed_fusion["combined"],
+        summed_fusion["student_teacher"] * summed_fusion["discriminator"],
+    )
+    torch.testing.assert_close(scored.anomaly_map, summed_fusion["student_teacher"])
+    with pytest.raises(ValueError, match="student_teacher_fusion='mean'"):
+        RSTPM(**TINY, pre_trained=False, student_teacher_fusion="mean")
+
+
 def test_student_teacher_scoring_skips_the_discriminator() -> None:
     """Scoring the S-T map never runs the discriminator (most of the eval cost); the other maps do."""
     model = tiny_model(score_map="student_teacher").model.eval()
@@ -622,6 +652,7 @@ def test_residual_gaussian_fits_after_stage1_and_leaves_training_unchanged(
         expected = model.eval().model(image).anomaly_map
         torch.testing.assert_close(restored.eval().model(image).anomaly_map, expected, rtol=1e-4, atol=1e-6)
     model.model.distance, model.model.score_distance = "cosine", "residual_gaussian"  # both maps in one graph
+    model.model.student_teacher_fusion = "sum"  # and the summed S-T map (the product is test_openvino_parity's)
     assert_openvino_parity(model, tmp_path / "export", input_size=(64, 64))
 
 

@@ -13,6 +13,10 @@ Not in the paper: with ``distance="residual_gaussian"`` (``components/residual_g
 S-T maps are the unit residuals' Mahalanobis distances to Gaussians per position fitted on the training
 images, summed in the same pairs (:meth:`AnomalyMapGenerator.pair_sums`) and multiplied as eq. 1 does;
 the discriminator keeps the paper's input.
+
+Also not in the paper: ``StudentTeacherFusion.SUM`` adds the three pair sums instead of multiplying them
+(RD4AD's official fusion). The product lets a weak shallow pair scale every position's score; measured on
+MTD with the residual Gaussians, it is what kept RSTPM's S-T map below the sum (docs/models/rstpm.md).
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class ScoreMap(StrEnum):
     COMBINED = "combined"
     STUDENT_TEACHER = "student_teacher"
     DISCRIMINATOR = "discriminator"
+
+
+class StudentTeacherFusion(StrEnum):
+    """How the three pair sums make the S-T map: eq. 1's product, or their sum (not in the paper)."""
+
+    PRODUCT = "product"
+    SUM = "sum"
 
 
 class ScorePooling(StrEnum):
@@ -104,8 +115,16 @@ class AnomalyMapGenerator(nn.Module):
         return torch.cat([upsampled(a, image_size) + upsampled(b, image_size) for a, b in maps], dim=1)
 
     @staticmethod
-    def student_teacher_map(summed: torch.Tensor) -> torch.Tensor:
-        """``(m1+m6) * (m2+m5) * (m3+m4)``: product over the channels of :meth:`summed_maps`."""
+    def student_teacher_map(
+        summed: torch.Tensor,
+        fusion: StudentTeacherFusion = StudentTeacherFusion.PRODUCT,
+    ) -> torch.Tensor:
+        """``(m1+m6) * (m2+m5) * (m3+m4)`` (eq. 1), or their sum with ``fusion="sum"``; ``summed``: the pair sums.
+
+        The branch is on a Python option, so the graph traces and exports.
+        """
+        if fusion == StudentTeacherFusion.SUM:
+            return torch.sum(summed, dim=1, keepdim=True)
         return torch.prod(summed, dim=1, keepdim=True)
 
     @staticmethod
@@ -113,9 +132,14 @@ class AnomalyMapGenerator(nn.Module):
         """``m7``: the discriminator's probability of the anomalous class, ``(B, 1, H, W)``."""
         return torch.softmax(logits, dim=1)[:, 1:2]
 
-    def forward(self, summed: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        summed: torch.Tensor,
+        logits: torch.Tensor,
+        fusion: StudentTeacherFusion = StudentTeacherFusion.PRODUCT,
+    ) -> dict[str, torch.Tensor]:
         """All three maps the paper reports: S-T only, discriminator only, and their product (eq. 1)."""
-        student_teacher = self.student_teacher_map(summed)
+        student_teacher = self.student_teacher_map(summed, fusion)
         discriminator = self.discriminator_map(logits)
         return {
             ScoreMap.STUDENT_TEACHER: student_teacher,

@@ -50,7 +50,7 @@ from anomalib_ext.components.reconstruction_student import Attention
 from anomalib_ext.components.residual_gaussian import LayerDistance
 from anomalib_ext.components.training_data import fit_on_training_images
 
-from .anomaly_map import ScoreMap, ScorePooling
+from .anomaly_map import ScoreMap, ScorePooling, StudentTeacherFusion
 from .loss import DiscriminatorLoss, StudentTeacherLoss
 from .stages import resolve_stage1_epochs
 from .torch_model import LossMode, RSTPMModel, Student2Input, Student2Variant
@@ -106,6 +106,8 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         score_distance: the S-T distance behind the image score; ``None`` (default): ``distance``.
             ``"residual_gaussian"`` with ``distance="cosine"`` ranks images with the Gaussians and
             localises with the paper's maps (not in the paper; ``model.model.score_distance``).
+        student_teacher_fusion: ``"product"`` (eq. 1, default) or ``"sum"`` of the three pair sums in
+            the S-T map (not in the paper; scoring only, ``model.model.student_teacher_fusion``).
         cache_teacher_features: keep both teachers' features of each training image after its first
             stage-1 step and reuse them (``FrozenFeatureCache``: refuses an image whose pixels changed).
             Same training, bit for bit in a fixed batch order; stage 2 always runs the teachers, on
@@ -143,6 +145,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         discriminator_width: int = 64,
         distance: LayerDistance | str = LayerDistance.COSINE,
         score_distance: LayerDistance | str | None = None,
+        student_teacher_fusion: StudentTeacherFusion | str = StudentTeacherFusion.PRODUCT,
         cache_teacher_features: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -169,6 +172,11 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
         distance = parse_option(LayerDistance, distance, "distance").value
         if score_distance is not None:
             score_distance = parse_option(LayerDistance, score_distance, "score_distance").value
+        student_teacher_fusion = parse_option(
+            StudentTeacherFusion,
+            student_teacher_fusion,
+            "student_teacher_fusion",
+        ).value
         anomaly_source = str(anomaly_source)
         super().__init__(
             pre_processor=pre_processor,
@@ -195,6 +203,7 @@ class RSTPM(EvaluationDefaults, AnomalibModule):
             discriminator_width=discriminator_width,
             distance=distance,
             score_distance=score_distance,
+            student_teacher_fusion=student_teacher_fusion,
         )
         self.feature_cache = FrozenFeatureCache() if cache_teacher_features else None
         self.loss = StudentTeacherLoss()

@@ -28,7 +28,7 @@ from anomalib_ext.components.options import parse_option
 from anomalib_ext.components.reconstruction_student import Attention, StudentLayout
 from anomalib_ext.components.residual_gaussian import DistanceChoice, LayerDistance, ResidualGaussians
 
-from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, image_score
+from .anomaly_map import AnomalyMapGenerator, ScoreMap, ScorePooling, StudentTeacherFusion, image_score
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -112,6 +112,9 @@ class RSTPMModel(DistanceChoice, nn.Module):
         score_distance: the S-T distance behind the image score; ``None`` (default): ``distance``.
             ``"residual_gaussian"`` with ``distance="cosine"`` ranks images with the Gaussians and
             localises with the paper's maps. Can be changed after training.
+        student_teacher_fusion: how the three pair sums make the S-T map: ``"product"`` (eq. 1) or
+            ``"sum"`` (not in the paper; RD4AD's fusion). Scoring only: training and the
+            discriminator's input do not change. Can be changed after training.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class RSTPMModel(DistanceChoice, nn.Module):
         discriminator_width: int = 64,
         distance: LayerDistance | str = LayerDistance.COSINE,
         score_distance: LayerDistance | str | None = None,
+        student_teacher_fusion: StudentTeacherFusion | str = StudentTeacherFusion.PRODUCT,
     ) -> None:
         super().__init__()
         layers1, layers2 = list(layers1), list(layers2)
@@ -148,6 +152,7 @@ class RSTPMModel(DistanceChoice, nn.Module):
         self.score_pooling = score_pooling  # validated by the setter
         self.distance = distance  # validated by the setter
         self.score_distance = score_distance  # validated by the setter
+        self.student_teacher_fusion = student_teacher_fusion  # validated by the setter
         direct = self.student2_input == Student2Input.DIRECT
         # "split" + "direct": pair 2's loss stops at student2, pair 1's covers student1's deepest layer
         self.detach_student2_input = direct and self.loss_mode == LossMode.SPLIT
@@ -194,6 +199,15 @@ class RSTPMModel(DistanceChoice, nn.Module):
     @score_pooling.setter
     def score_pooling(self, value: ScorePooling | str) -> None:
         self._score_pooling = parse_option(ScorePooling, value, "score_pooling")
+
+    @property
+    def student_teacher_fusion(self) -> StudentTeacherFusion:
+        """How the S-T map joins the three pair sums (:class:`StudentTeacherFusion`)."""
+        return self._student_teacher_fusion
+
+    @student_teacher_fusion.setter
+    def student_teacher_fusion(self, value: StudentTeacherFusion | str) -> None:
+        self._student_teacher_fusion = parse_option(StudentTeacherFusion, value, "student_teacher_fusion")
 
     def train(self, mode: bool = True) -> RSTPMModel:
         """Switch modes but keep the frozen teachers in eval, so BatchNorm keeps its ImageNet statistics."""
@@ -269,7 +283,7 @@ class RSTPMModel(DistanceChoice, nn.Module):
         features = self.features(images)
         summed = self.summed_maps(features, images.shape[-2:])
         student_teacher = self.student_teacher_sums(features, summed)
-        return self.anomaly_map_generator(student_teacher, self.discriminate(summed))
+        return self.anomaly_map_generator(student_teacher, self.discriminate(summed), self.student_teacher_fusion)
 
     def selected_map(
         self,
@@ -290,9 +304,9 @@ class RSTPMModel(DistanceChoice, nn.Module):
         """
         student_teacher = self.student_teacher_sums(features, summed, distance)
         if self.score_map == ScoreMap.STUDENT_TEACHER:
-            return self.anomaly_map_generator.student_teacher_map(student_teacher)
+            return self.anomaly_map_generator.student_teacher_map(student_teacher, self.student_teacher_fusion)
         logits = self.discriminate(summed) if logits is None else logits
-        return self.anomaly_map_generator(student_teacher, logits)[self.score_map]
+        return self.anomaly_map_generator(student_teacher, logits, self.student_teacher_fusion)[self.score_map]
 
     @torch.no_grad()
     def fit_residual_gaussians(self, batches: Iterable[tuple[torch.Tensor, Sequence[torch.Tensor] | None]]) -> None:
