@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import pytest
 import torch
@@ -89,6 +90,44 @@ def test_several_folders_train_one_unified_model_scored_per_category(texture_roo
         assert saved[metric] == pytest.approx(mean)
     lines = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("| Padim")]
     assert [line.split(" | ")[1] for line in lines] == ["unified: brick + grass", "brick", "grass"]
+
+
+@pytest.mark.slow
+def test_rescore_scores_the_trained_row_again_without_training(texture_root: Path, tmp_path: Path) -> None:
+    """``--rescore`` loads the row's checkpoint: a variant scored later equals the same variant scored after training.
+
+    Appends only the new variant row and records it in benchmark.json. CPU, float32.
+    """
+    from anomalib_ext.benchmark.cli import main
+
+    table, work = tmp_path / "table.md", tmp_path / "run"
+    common = [
+        "--model", "RD4AD", "--data", str(texture_root / "brick"), "--backbone", "efficientnet_lite0",
+        "--layers", *LAYERS, "--image-size", "64", "--batch-size", "8", "--num-workers", "0", "--epochs", "1",
+        "--work-dir", str(work), "--output", str(table), "--section", "rescore", "--variants", '{"map_layers": [2]}',
+    ]  # fmt: skip
+    main(common)
+    trained = json.loads((work / "benchmark.json").read_text())["variants"][0]
+    rows_before = table.read_text(encoding="utf-8").count("| RD4AD")
+    with mock.patch("anomalib.engine.Engine.fit", side_effect=AssertionError("rescore must not train")):
+        main([*common, "--rescore"])
+    rescored = json.loads((work / "benchmark.json").read_text())["variants"][-1]
+    assert rescored["model"] == trained["model"] == "RD4AD [map_layers=[2]]"
+    assert rescored["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+    assert table.read_text(encoding="utf-8").count("| RD4AD") == rows_before + 1
+
+
+def test_rescore_without_a_trained_row_names_what_is_missing(tmp_path: Path) -> None:
+    """``--rescore`` on an empty work dir fails naming benchmark.json and the run to do first."""
+    from anomalib_ext.benchmark.cli import main
+
+    with pytest.raises(FileNotFoundError, match=r"benchmark\.json.*without --rescore"):
+        main(
+            [
+                "--model", "RD4AD", "--data", str(tmp_path), "--work-dir", str(tmp_path / "none"), "--rescore",
+                "--variants", '{"map_layers": [2]}',
+            ],
+        )  # fmt: skip
 
 
 def test_a_second_seed_of_a_row_keeps_the_first_seeds_folder(tmp_path: Path) -> None:

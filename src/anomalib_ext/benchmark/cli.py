@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from .report import append_row, write_plots
-from .runner import dataset_name, run_benchmark
+from .runner import dataset_name, rescore_benchmark, run_benchmark
 from .spec import describe, select, spec_commands
 
 
@@ -85,6 +85,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help=(
+            "no training: load the row trained earlier in --work-dir (its benchmark.json and last checkpoint) and "
+            "append only its --variants rows, e.g. an option added after it trained"
+        ),
+    )
+    parser.add_argument(
         "--deploy-precisions",
         action="store_true",
         help="also score the OpenVINO export at f32, bf16 and INT8 (accuracy and batch-1 latency, same weights)",
@@ -123,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_spec(known.spec, known.only, known.dry_run, rest)
     args = parse_args(argv)
     rows = []
+    rescore = getattr(args, "rescore", False)
     for name in args.models:  # one after the other, same data, backbone, size, epochs and seed
         run_args = argparse.Namespace(**{**vars(args), "model": name})
         if len(args.models) > 1:
             run_args.label = None
             run_args.work_dir = str(Path(args.work_dir) / name) if args.work_dir else None
-        row = run_benchmark(run_args)
+        row = rescore_benchmark(run_args) if rescore else run_benchmark(run_args)
         rows.append(row)
         if args.output:
-            for table_row in (row, *row["categories"], *row["variants"]):
+            for table_row in ([] if rescore else [row, *row["categories"]]) + row["variants"]:
                 append_row(args.output, args.section, table_row)
             print(f"Appended to {args.output} under '## {args.section}'.")
     if args.plots:

@@ -188,6 +188,70 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Score the row trained earlier in ``args.work_dir`` with ``args.variants``, without training it again.
+
+    Reads the row's ``benchmark.json`` and the last checkpoint under the folder, builds the model as the
+    row did and loads its weights (and fitted statistics) strictly, then tests each variant as
+    :func:`variant_row` does after training. Returns the saved row with only the new variant rows;
+    they are also added to ``benchmark.json``. Only a one-folder row (unified rows score per category).
+    """
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    if not args.work_dir:
+        msg = "--rescore needs the --work-dir the row trained in (its benchmark.json and checkpoint)."
+        raise ValueError(msg)
+    work = work_dir_for(args.work_dir, args.seed)
+    saved_path = work / "benchmark.json"
+    checkpoints = sorted(work.rglob("weights/lightning/*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not saved_path.is_file() or not checkpoints:
+        msg = (
+            f"--rescore scores a row trained earlier: it needs {saved_path} and a checkpoint under "
+            f"{work}/**/weights/lightning/. Run the row once without --rescore (same --work-dir and --seed) first."
+        )
+        raise FileNotFoundError(msg)
+    if len(data_folders(args.data)) > 1:
+        msg = "--rescore takes one data folder; a unified row is scored per category during its own run."
+        raise ValueError(msg)
+    if not args.variants:
+        msg = "--rescore needs --variants: the row itself is already in the table."
+        raise ValueError(msg)
+    if args.plots or args.deploy_precisions:
+        msg = "--rescore appends variant rows only; run the row without it for --plots or --deploy-precisions."
+        raise ValueError(msg)
+    saved = json.loads(saved_path.read_text())
+    seed_everything(args.seed, workers=True)
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    datamodule = make_datamodule(args, model_cls)
+    engine = Engine(
+        default_root_dir=work / "rescore",
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        precision=getattr(args, "train_precision", "32-true"),
+    )
+    today = dt.datetime.now().astimezone().date().isoformat()
+    base = {key: value for key, value in saved.items() if key not in {"variants", "categories"}}
+    rows = [
+        {
+            **base,
+            **variant_row(engine, model, datamodule, variant),
+            "model": f"{base['model']} [{variant_label(variant)}]",
+        }
+        | {"date": today}
+        for variant in args.variants
+    ]
+    saved["variants"] = [*saved.get("variants", []), *rows]
+    saved_path.write_text(json.dumps(saved, indent=2, default=str))
+    return {**base, "categories": [], "variants": rows}
+
+
 def test_metrics(engine: Engine, model: AnomalibModule, datamodule: AnomalibDataModule) -> dict[str, float]:
     """Test once and return the metrics; on unified data the per-category means, under the usual names.
 
