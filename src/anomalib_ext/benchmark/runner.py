@@ -230,7 +230,7 @@ def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     engine = Engine(
         default_root_dir=work / "rescore",
         max_epochs=1,
-        accelerator="cpu",
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",  # as the row's own run
         devices=1,
         logger=False,
         enable_progress_bar=False,
