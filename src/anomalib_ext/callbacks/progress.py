@@ -57,8 +57,8 @@ class TestCurve(Callback):
     Memory-bank models (anomalib's ``MemoryBankMixin``: PaDiM, PatchCore) have no curve: they
     collect features in one pass and only fit their model when validation starts, after the
     epoch's end, so there is nothing to score here; they are skipped. A model that fits scoring
-    statistics on the training images after training (RD4AD's ``distance="residual_gaussian"``) does
-    so through its ``prepare_scoring()``, which is called before each point.
+    statistics on the training images after training (RD4AD's ``distance="residual_gaussian"``, EfficientAD's
+    map quantiles) does so through its ``prepare_scoring()``, which is called before each point.
     """
 
     def __init__(

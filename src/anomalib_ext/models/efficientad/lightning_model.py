@@ -276,6 +276,15 @@ class EfficientADOffline(EvaluationDefaults, AnomalibModule):
         """Final quantiles (training may end between validations)."""
         self.compute_map_quantiles()
 
+    def prepare_scoring(self) -> None:
+        """Quantiles with the current weights before scoring outside a validation.
+
+        The benchmark's training curve (``TestCurve``) scores the model between validations; without
+        this its points would combine M_ST and M_AE with the quantiles of the last validation (or the
+        initial ``(0, 0.1)`` before the first), not as the model is tested.
+        """
+        self.compute_map_quantiles()
+
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Maps and scores for a validation batch."""
         del args, kwargs
