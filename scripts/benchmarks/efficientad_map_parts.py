@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from anomalib_ext.benchmark.cli import parse_args
-from anomalib_ext.benchmark.runner import build_model, make_datamodule, model_arguments, resolve_model_class
+from anomalib_ext.benchmark.runner import load_trained
 from anomalib_ext.callbacks.progress import score_test_set
 
 # a quantile range so wide that the map it normalises adds nothing
@@ -42,10 +42,7 @@ def main() -> None:
     row = ["--model", "EfficientADOffline", "--image-size", options.image_size, "--batch-size", "1"]
     args = parse_args([*row, "--num-workers", "0", "--data", options.data, "--model-args", options.model_args])
     args.model = args.models[0]
-    model_cls = resolve_model_class(args.model)
-    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
-    model.load_state_dict(torch.load(options.checkpoint, map_location="cpu", weights_only=False)["state_dict"])
-    datamodule = make_datamodule(args, model_cls)
+    model, datamodule = load_trained(args, options.checkpoint)
     datamodule.setup()
     q_st, q_ae = model.model.q_st.clone(), model.model.q_ae.clone()
     print(f"checkpoint quantiles: M_ST {q_st.tolist()}, M_AE {q_ae.tolist()}")

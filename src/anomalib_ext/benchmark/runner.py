@@ -188,6 +188,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def load_trained(args: argparse.Namespace, checkpoint: Path) -> tuple[AnomalibModule, MVTecStyle]:
+    """The row's model and data module, the model built as its run built it and ``checkpoint`` loaded strictly.
+
+    Loads the weights and the fitted statistics (quantiles, Gaussians) the checkpoint holds.
+    """
+    model_cls = resolve_model_class(args.model)
+    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    return model, make_datamodule(args, model_cls)
+
+
 def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Score the row trained earlier in ``args.work_dir`` with ``args.variants``, without training it again.
 
@@ -222,11 +233,7 @@ def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(msg)
     saved = json.loads(saved_path.read_text())
     seed_everything(args.seed, workers=True)
-    model_cls = resolve_model_class(args.model)
-    model = build_model(model_cls, args.backbone, args.layers, args.image_size, model_arguments(args))
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
-    datamodule = make_datamodule(args, model_cls)
+    model, datamodule = load_trained(args, checkpoints[-1])
     engine = Engine(
         default_root_dir=work / "rescore",
         max_epochs=1,
