@@ -115,6 +115,10 @@ def test_rescore_scores_the_trained_row_again_without_training(texture_root: Pat
     assert rescored["model"] == trained["model"] == "RD4AD [map_layers=[2]]"
     assert rescored["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
     assert table.read_text(encoding="utf-8").count("| RD4AD") == rows_before + 1
+    # the same weights scored at another precision than they trained in say so in their row's name
+    with mock.patch("anomalib.engine.Engine.fit", side_effect=AssertionError("rescore must not train")):
+        main([*common[:-1], "{}", "--rescore", "--train-precision", "bf16-mixed"])
+    assert json.loads((work / "benchmark.json").read_text())["variants"][-1]["model"] == "RD4AD [scored in bf16-mixed]"
 
 
 def test_rescore_without_a_trained_row_names_what_is_missing(tmp_path: Path) -> None:

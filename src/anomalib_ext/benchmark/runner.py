@@ -204,7 +204,9 @@ def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     Reads the row's ``benchmark.json`` and the last checkpoint under the folder, builds the model as the
     row did and loads its weights (and fitted statistics) strictly, then tests each variant as
-    :func:`variant_row` does after training. Returns the saved row with only the new variant rows;
+    :func:`variant_row` does after training, at ``--train-precision`` (a precision other than the row's
+    own is named in each new row, e.g. ``[score_map=combined, scored in 32-true]``; ``{}`` scores the row
+    itself). Returns the saved row with only the new variant rows;
     they are also added to ``benchmark.json``. Only a one-folder row (unified rows score per category).
     """
     from anomalib.engine import Engine
@@ -245,11 +247,14 @@ def rescore_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     today = dt.datetime.now().astimezone().date().isoformat()
     base = {key: value for key, value in saved.items() if key not in {"variants", "categories"}}
+    # the same weights scored at another precision than they trained in: say so in the row's name
+    scored_in = getattr(args, "train_precision", "32-true")
+    precision_note = [] if scored_in == base.get("train precision", "32-true") else [f"scored in {scored_in}"]
     rows = [
         {
             **base,
             **variant_row(engine, model, datamodule, variant),
-            "model": f"{base['model']} [{variant_label(variant)}]",
+            "model": f"{base['model']} [{', '.join(filter(None, [variant_label(variant), *precision_note]))}]",
         }
         | {"date": today}
         for variant in args.variants
