@@ -657,6 +657,42 @@ def test_residual_gaussian_fits_after_stage1_and_leaves_training_unchanged(
 
 
 @pytest.mark.slow
+def test_residual_gaussian_trains_and_scores_under_bf16_autocast(
+    tiny_datamodule: MVTecStyle,
+    tmp_path: Path,
+) -> None:
+    """``bf16-mixed`` with cached teacher features: the Gaussians are fitted under the trainer's autocast.
+
+    Stage 1 caches the teachers' features in bfloat16; fitted outside autocast they met float32 students
+    and the first curve point raised a dtype error. The fit, each curve point and the test now run in the
+    trainer's precision context, so the statistics see the features the model is scored with. Checks
+    that the run completes, every fit ran under CPU autocast, and each point scores above nothing (a
+    finite AUROC); it assumes nothing about bf16 speed (slow, but correct, on CPUs without AVX-512).
+    """
+    from anomalib_ext.callbacks import TestCurve
+
+    tiny_datamodule.setup()
+    curve = TestCurve(tiny_datamodule.test_dataloader(), every=1)
+    model = tiny_model(distance="residual_gaussian", score_map="combined", cache_teacher_features=True, stage1_epochs=1)
+    autocast_during_fit = []
+    original_fit = model.model.fit_residual_gaussians
+
+    def fit_and_record(batches: object) -> None:
+        autocast_during_fit.append(torch.is_autocast_enabled("cpu"))
+        original_fit(batches)
+
+    engine = make_engine(tmp_path, max_epochs=2, precision="bf16-mixed", callbacks=[curve])
+    with mock.patch.object(model.model, "fit_residual_gaussians", side_effect=fit_and_record):
+        engine.fit(model, datamodule=tiny_datamodule)
+        metrics = engine.test(model, datamodule=tiny_datamodule, verbose=False)[0]
+    assert autocast_during_fit == [True]  # fitted once after stage 1; stage 2 and the test reuse it
+    assert model.model.residual_gaussians.fitted()
+    assert [point[0] for point in curve.points] == [1, 2]
+    assert all(0.0 <= point[1] <= 1.0 for point in curve.points)
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0
+
+
+@pytest.mark.slow
 def test_openvino_parity(tmp_path: Path) -> None:
     """The exported combined map and score match eager torch."""
     model = tiny_model()

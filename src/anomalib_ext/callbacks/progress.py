@@ -58,7 +58,9 @@ class TestCurve(Callback):
     collect features in one pass and only fit their model when validation starts, after the
     epoch's end, so there is nothing to score here; they are skipped. A model that fits scoring
     statistics on the training images after training (RD4AD's ``distance="residual_gaussian"``, EfficientAD's
-    map quantiles) does so through its ``prepare_scoring()``, which is called before each point.
+    map quantiles) does so through its ``prepare_scoring()``, which is called before each point. Both run
+    under the trainer's test-step precision context, so a ``bf16-mixed`` run's points are scored in
+    bfloat16 autocast, as its test is.
     """
 
     def __init__(
@@ -87,9 +89,14 @@ class TestCurve(Callback):
         if loss is not None:
             self.losses[epoch] = loss
         prepare_scoring = getattr(pl_module, "prepare_scoring", None)
-        if callable(prepare_scoring):
-            prepare_scoring()
-        image_auroc, pixel_auroc = score_test_set(pl_module, self.dataloader, image_categories=self.image_categories)
+        with trainer.precision_plugin.test_step_context():  # scored as the test scores it (bf16 autocast or not)
+            if callable(prepare_scoring):
+                prepare_scoring()
+            image_auroc, pixel_auroc = score_test_set(
+                pl_module,
+                self.dataloader,
+                image_categories=self.image_categories,
+            )
         self.points.append((epoch, image_auroc, pixel_auroc))
         pixel_text = f", pixel AUROC {100 * pixel_auroc:.1f}" if pixel_auroc is not None else ""
         print(f"epoch {epoch}: image AUROC {100 * image_auroc:.1f}{pixel_text}", flush=True)

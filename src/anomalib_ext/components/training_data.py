@@ -46,14 +46,17 @@ def fit_on_training_images(module: AnomalibModule, fit: Callable[[Iterator[tuple
     """Call ``fit`` on the attached trainer's training images, in order, as :func:`preprocessed_batches` gives them.
 
     The pass runs under ``torch.random.fork_rng``: a data loader draws a seed from the global random state, and
-    without restoring it the next epoch's shuffle (and so the trained weights) would change. Returns ``False``,
-    calling nothing, when no trainer or no training data is attached (test or predict from a checkpoint).
+    without restoring it the next epoch's shuffle (and so the trained weights) would change. It also runs under
+    the trainer's precision context (bfloat16 autocast for ``bf16-mixed``), as validation and test steps do, so
+    what is fitted sees the features the model is scored with; outside it, bf16 teacher features cached in
+    training would meet float32 students. Returns ``False``, calling nothing, when no trainer or no training
+    data is attached (test or predict from a checkpoint).
     """
     trainer = module._trainer  # noqa: SLF001  # Lightning's ``trainer`` property raises when none is attached
     training = None if trainer is None else trainer.train_dataloader
     if training is None:
         return False
     loader = ordered_loader(training.dataset, trainer)  # every image on every rank, as one process
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), trainer.precision_plugin.forward_context():
         fit(preprocessed_batches(loader, module))
     return True
