@@ -41,6 +41,16 @@ def _mtd_like(root: Path, sizes: tuple[tuple[int, int], ...] = ((90, 60), (120, 
     return root
 
 
+def test_texture_folder_built_by_another_call_is_rebuilt_not_reused(tmp_path: Path) -> None:
+    """A category's images depend on its place in the list; a folder from another list is rebuilt for this one."""
+    kwargs = {"image_size": 48, "n_train": 2, "n_test_good": 1, "n_test_per_defect": 1}
+    make_texture_dataset(tmp_path / "a", categories=("grass",), **kwargs)
+    alone = _digest(tmp_path / "a" / "grass")
+    make_texture_dataset(tmp_path / "a", categories=("brick", "grass"), **kwargs)
+    make_texture_dataset(tmp_path / "b", categories=("brick", "grass"), **kwargs)
+    assert _digest(tmp_path / "a" / "grass") == _digest(tmp_path / "b" / "grass") != alone
+
+
 def test_texture_dataset_is_deterministic_and_mvtec_shaped(tmp_path: Path) -> None:
     """The built texture set is byte-identical on every build, in MVTec layout, with a non-empty mask per defect."""
     kwargs = {"categories": ("gravel",), "image_size": 48, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 2}

@@ -93,7 +93,9 @@ def make_texture_dataset(
 ) -> Path:
     """Write one MVTec-style folder per texture under ``root`` and return ``root``.
 
-    Existing folders with a complete ``.done`` marker for the same parameters are reused.
+    Existing folders with a complete ``.done`` marker for the same parameters are reused. A category's
+    images depend on its place in ``categories`` (its random stream is ``seed + index``), so
+    ``["grass"]`` and ``["brick", "grass"]`` give different grass folders.
     """
     root = Path(root)
     for index, category in enumerate(categories):
@@ -102,7 +104,9 @@ def make_texture_dataset(
             raise ValueError(msg)
         folder = root / category
         marker = folder / ".done"
-        signature = f"{image_size} {n_train} {n_test_good} {n_test_per_defect} {seed}"
+        # a category's random stream depends on its place in ``categories``: the marker records the stream
+        # used, so a folder built by another call (another place) is rebuilt, not reused with other images
+        signature = f"{image_size} {n_train} {n_test_good} {n_test_per_defect} {seed + index}"
         if marker.is_file() and marker.read_text() == signature:
             continue
         rng = np.random.default_rng(seed + index)
