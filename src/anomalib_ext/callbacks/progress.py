@@ -58,9 +58,9 @@ class TestCurve(Callback):
     collect features in one pass and only fit their model when validation starts, after the
     epoch's end, so there is nothing to score here; they are skipped. A model that fits scoring
     statistics on the training images after training (RD4AD's ``distance="residual_gaussian"``, EfficientAD's
-    map quantiles) does so through its ``prepare_scoring()``, which is called before each point. Both run
-    under the trainer's test-step precision context, so a ``bf16-mixed`` run's points are scored in
-    bfloat16 autocast, as its test is.
+    map quantiles) does so through its ``prepare_scoring()``, which is called before each point and fits as
+    before a validation. The point itself is scored under the trainer's test-step precision context, so a
+    ``bf16-mixed`` run's points are scored in bfloat16 autocast, as its test is.
     """
 
     def __init__(
@@ -89,9 +89,9 @@ class TestCurve(Callback):
         if loss is not None:
             self.losses[epoch] = loss
         prepare_scoring = getattr(pl_module, "prepare_scoring", None)
+        if callable(prepare_scoring):
+            prepare_scoring()  # fits as before a validation, at the precision the model's own fit chooses
         with trainer.precision_plugin.test_step_context():  # scored as the test scores it (bf16 autocast or not)
-            if callable(prepare_scoring):
-                prepare_scoring()
             image_auroc, pixel_auroc = score_test_set(
                 pl_module,
                 self.dataloader,
